@@ -1,0 +1,26 @@
+# The README's two commands. Each sets up .venv itself on a fresh machine.
+# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA
+# build, and the 2.13.0 CPU wheel is on local disk. Never install torchvision.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ditkit generate "a red circle to the left of a blue square" -o demo.png --seed 0
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV)

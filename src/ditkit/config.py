@@ -1,0 +1,149 @@
+"""Typed configs: model, data, train, sample. YAML files plus dotted overrides.
+
+A YAML file has up to five top-level keys: model, data, train, sample,
+text_encoder. `--set train.lr=1e-4` style overrides are parsed as YAML
+scalars. Unknown keys are errors that list the allowed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .model import DiTConfig
+
+PRECISIONS = ("fp32", "bf16")
+SAMPLER_NAMES = ("euler", "heun", "dpm2m")
+DATASETS = ("shapes",)
+
+
+def _from_dict(cls, d: dict, section: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {section!r}: {sorted(unknown)}; allowed: {sorted(known)}")
+    return cls(**d)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"
+    size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        if self.size < 32:
+            raise ValueError(f"data.size must be >= 32, got {self.size}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/shapes-64"
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1        # fraction of captions replaced by "" (classifier-free guidance training)
+    precision: str = "bf16"
+    time_mean: float = 0.0          # logit-normal time sampling (SD3)
+    time_std: float = 1.0
+    checkpoint_every: int = 250
+    log_every: int = 25
+    eval_every: int = 0             # 0 = no ShapesEval during training
+    eval_per_category: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    init_from: str = ""             # a model folder to start from (fine-tuning, or continuing from shipped weights)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown train.precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"train.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class SampleConfig:
+    """Default sampling settings, stored with every model."""
+    sampler: str = "euler"
+    steps: int = 25
+    guidance: float = 4.0
+    shift: float = 1.0
+    apg: bool = False
+    size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+
+
+@dataclass
+class Config:
+    model: DiTConfig = field(default_factory=DiTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    text_encoder: str = "minilm"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d or {})
+        allowed = {"model", "data", "train", "sample", "text_encoder"}
+        unknown = set(d) - allowed
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(
+            model=DiTConfig.from_dict(d.get("model") or {}),
+            data=_from_dict(DataConfig, d.get("data") or {}, "data"),
+            train=_from_dict(TrainConfig, d.get("train") or {}, "train"),
+            sample=_from_dict(SampleConfig, d.get("sample") or {}, "sample"),
+            text_encoder=str(d.get("text_encoder", "minilm")),
+        )
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "data": asdict(self.data), "train": asdict(self.train),
+                "sample": asdict(self.sample), "text_encoder": self.text_encoder}
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Apply ["train.lr=1e-4", "model.depth=4"] to a nested dict (values parsed as YAML scalars)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return d
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    return Config.from_dict(apply_overrides(d, overrides or []))

