@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 import yaml
 
@@ -19,6 +20,35 @@ SAMPLER_NAMES = ("euler", "heun", "dpm2m")
 DATASETS = ("shapes",)
 
 
+def coerce_fields(cls, d: dict, section: str) -> dict:
+    """Convert values to the dataclass field types. YAML reads `1e-4` as a string
+    (it wants `1.0e-4`), and overrides come in as text."""
+    hints = get_type_hints(cls)
+    out = {}
+    for k, v in d.items():
+        typ = hints.get(k)
+        try:
+            if typ is bool:
+                if isinstance(v, str):
+                    if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    v = v.lower() in ("true", "1", "yes")
+                elif not isinstance(v, bool):
+                    raise ValueError
+            elif typ is float and not isinstance(v, bool):
+                v = float(v)
+            elif typ is int and not isinstance(v, bool):
+                if isinstance(v, float) and not v.is_integer():
+                    raise ValueError
+                v = int(float(v)) if isinstance(v, str) else int(v)
+            elif typ is str:
+                v = "" if v is None else str(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{section}.{k} must be a {getattr(typ, '__name__', typ)}, got {v!r}") from None
+        out[k] = v
+    return out
+
+
 def _from_dict(cls, d: dict, section: str):
     if not isinstance(d, dict):
         raise ValueError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
@@ -26,7 +56,7 @@ def _from_dict(cls, d: dict, section: str):
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown keys in {section!r}: {sorted(unknown)}; allowed: {sorted(known)}")
-    return cls(**d)
+    return cls(**coerce_fields(cls, d, section))
 
 
 @dataclass

@@ -49,7 +49,7 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     images need because they keep more signal at a given noise level."""
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
-    return shift * t / (1 + (shift - 1) * t)
+    return shift * t / (shift * t + (1 - t))  # = s t / (1 + (s - 1) t), exact at t = 0 and 1
 
 
 def shift_for_resolution(height: int, width: int, base_size: int, base_shift: float = 1.0) -> float:

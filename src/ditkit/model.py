@@ -84,7 +84,9 @@ class DiTConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**d)
+        from .config import coerce_fields  # late import: config imports this module
+
+        return cls(**coerce_fields(cls, d, "model"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,11 @@ Callback = Callable[[int, int], None]  # (step index done, total steps)
 
 def timesteps(steps: int, shift: float = 1.0, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
     """steps + 1 times from t_max down to t_min, uniform then shifted (SD3 Eq. 23).
-    Same grid as diffusers' FlowMatchEulerDiscreteScheduler with `shift`."""
+
+    This equals diffusers' FlowMatchEulerDiscreteScheduler with
+    set_timesteps(sigmas=linspace(1, 1/n, n)) and the same shift. diffusers'
+    default grid differs: it is uniform from 1 to shift(1e-3) (shifted twice)
+    before the final 0, so its last step is tiny; ours spends steps evenly."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     ts = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)

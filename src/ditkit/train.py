@@ -149,7 +149,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     encoder = get_text_encoder(cfg.text_encoder, device="cpu")
     if encoder.dim != cfg.model.text_dim:
         raise ValueError(f"text encoder {cfg.text_encoder!r} gives {encoder.dim}-dim states but model.text_dim is {cfg.model.text_dim}")
-    log = (out / "log.jsonl").open("a")
+    # A fresh start (no checkpoint yet) rewrites the log: a run killed before its first checkpoint replays from 0.
+    log = (out / "log.jsonl").open("a" if start > 0 else "w")
     bar = _progress(progress, cfg.train.steps, start)
     model.train()
     loss_val, t_last, n_since = float("nan"), time.time(), 0

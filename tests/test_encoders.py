@@ -1,0 +1,127 @@
+"""The default text encoder: the real MiniLM shipped in a package, loaded with no network."""
+
+from __future__ import annotations
+
+import socket
+import warnings
+
+import pytest
+import torch
+
+from ditkit.encoders import TextEncoder, get_text_encoder, resolve_text_encoder_path
+
+LEFT = "a red circle to the left of a blue square"
+RIGHT = "a red circle to the right of a blue square"
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """A MiniLM encoder loaded while every socket connection fails; records the attempts."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] or kwargs)
+        raise OSError("network is unreachable (blocked by the test)")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        mp.setattr(socket, "getaddrinfo", refuse)
+        encoder = TextEncoder("minilm")
+        states, mask = encoder.encode([LEFT, RIGHT])
+    return encoder, attempts, (states, mask)
+
+
+def test_default_encoder_loads_with_the_network_unreachable(offline):
+    encoder, attempts, (states, mask) = offline
+    assert attempts == []
+    assert encoder.dim == 384
+    assert torch.isfinite(states).all() and mask.all()
+
+
+def test_word_order_reaches_the_states(offline):
+    encoder, _, (states, mask) = offline
+    assert states.shape[1] == mask.shape[1] and mask[0].sum() == mask[1].sum()
+    diff = (states[0] - states[1]).abs().amax(-1)  # per token
+    assert diff.max() > 0.1
+    # the encoder is bidirectional: context changes tokens other than "left"/"right" too
+    assert (diff > 1e-3).sum() > 2
+
+
+def test_states_shape_and_mask(offline):
+    encoder = offline[0]
+    states, mask = encoder.encode(["a circle", LEFT, "three small green triangles"])
+    assert states.dtype == torch.float32 and mask.dtype == torch.bool
+    assert states.shape == (3, int(mask.sum(1).max()), 384) and mask.shape == states.shape[:2]
+    lengths = mask.sum(1)
+    assert lengths[0] < lengths[2] < lengths[1]
+    for i, n in enumerate(lengths.tolist()):
+        assert mask[i, :n].all() and not mask[i, n:].any()
+        assert torch.count_nonzero(states[i, n:]) == 0
+        assert (states[i, :n].abs().amax(-1) > 0).all()
+    one, one_mask = encoder.encode("a circle")
+    assert one.shape == (1, int(lengths[0]), 384)
+    torch.testing.assert_close(one[0], states[0, : int(lengths[0])], rtol=0, atol=0)
+
+
+def test_empty_prompt_has_real_tokens(offline):
+    """The unconditional prompt still has special tokens, so cross-attention is never fully masked."""
+    states, mask = offline[0].encode([""])
+    assert mask.sum() >= 1 and torch.isfinite(states).all()
+
+
+def test_cache_returns_identical_tensors_without_recomputing(offline, monkeypatch):
+    encoder = offline[0]
+    prompts = ["two purple squares and a yellow circle", "a big orange triangle"]
+    first = encoder.encode(prompts)
+    calls = []
+    original = encoder._encode_uncached
+    monkeypatch.setattr(encoder, "_encode_uncached", lambda ps: calls.append(ps) or original(ps))
+    second = encoder.encode(list(reversed(prompts)))
+    assert calls == []
+    assert torch.equal(second[0][0], first[0][1]) and torch.equal(second[0][1], first[0][0])
+    again = encoder.encode(prompts)
+    assert calls == []
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    # whitespace is normalised before the cache lookup
+    assert torch.equal(encoder.encode(["  a big orange triangle "])[0][0],
+                       first[0][1][: int(first[1][1].sum())])
+    assert calls == []
+
+
+def test_states_do_not_depend_on_the_batch_they_were_encoded_in(offline):
+    """The cache stores unpadded states computed in some batch; padding must not change them."""
+    encoder = offline[0]
+    alone = encoder._encode_uncached(["a red circle"])[0]
+    batched = encoder._encode_uncached(["a red circle", "a very long prompt " * 5])[0]
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+
+
+def test_overlong_prompt_is_truncated_with_a_warning(offline):
+    encoder = offline[0]
+    prompt = " ".join(f"word{i % 17}" for i in range(300))
+    with pytest.warns(UserWarning, match="truncated"):
+        states, mask = encoder.encode([prompt, "a circle"])
+    assert states.shape[1] == encoder.max_length == 64
+    assert mask[0].all()
+    # a short prompt warns about nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.encode(["a short new prompt"])
+
+
+def test_nonexistent_local_folder_raises(tmp_path):
+    with pytest.raises(ValueError, match="neither 'minilm' nor a local folder"):
+        TextEncoder(str(tmp_path / "no-such-model"))
+    with pytest.raises(ValueError, match="local folder"):
+        get_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_folder_without_config_raises(tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        resolve_text_encoder_path(str(tmp_path))
+
+
+def test_shared_encoder_is_reused():
+    assert get_text_encoder("minilm") is get_text_encoder(None)

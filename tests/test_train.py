@@ -1,0 +1,233 @@
+"""Training: the loss goes down, resume replays an uninterrupted run exactly, configs validate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ditkit.checkpoint import MODEL_FILE, STATE_FILE, load_model
+from ditkit.config import Config, apply_overrides, load_config
+from ditkit.encoders import get_text_encoder
+from ditkit.model import DiT
+from ditkit.train import lr_at, train, training_loss
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return get_text_encoder("minilm")
+
+
+def _losses(folder) -> list[tuple]:
+    """(step, loss, lr, grad_norm) of every loss line in log.jsonl (timings differ between runs)."""
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in rows if "loss" in r]
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model" / MODEL_FILE))
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_config, encoder):
+    cfg = train_config(batch_size=4)
+    torch.manual_seed(0)
+    model = DiT(cfg.model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    device = torch.device("cpu")
+    with torch.no_grad():
+        first = float(training_loss(model, cfg, encoder, 0, device))
+        assert float(training_loss(model, cfg, encoder, 0, device)) == first  # the loss of a step is deterministic
+    for _ in range(25):
+        loss = training_loss(model, cfg, encoder, 0, device)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        last = float(training_loss(model, cfg, encoder, 0, device))
+    assert last < 0.75 * first, (first, last)
+
+
+def test_train_writes_a_loadable_model_and_a_log(train_config):
+    cfg = train_config(steps=4)
+    result = train(cfg, progress=False)
+    out = Path(cfg.train.output_dir)
+    assert result["step"] == 4
+    assert [r[0] for r in _losses(out)] == [1, 2, 3, 4]
+    assert all(r[1] > 0 for r in _losses(out))
+    assert [r[2] for r in _losses(out)] == [lr_at(s, cfg) for s in range(4)]  # warmup then constant
+    model, saved = load_model(out / "model")
+    assert saved["trained_steps"] == 4 and model.config == cfg.model
+    assert (out / STATE_FILE).is_file()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_resume_after_stop_replays_the_uninterrupted_run(train_config):
+    full = train_config("full")
+    train(full, progress=False)
+    part = train_config("part")
+    assert train(part, progress=False, stop_after=3)["step"] == 3
+    assert train(part, resume=True, progress=False)["step"] == 6
+    out_full, out_part = Path(full.train.output_dir), Path(part.train.output_dir)
+    assert [r[0] for r in _losses(out_full)] == list(range(1, 7))
+    assert _losses(out_part) == _losses(out_full)
+    a, b = _weights(out_full), _weights(out_part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step):
+    def on_step(done, loss):
+        if done == step:
+            raise _Killed
+
+    return on_step
+
+
+def test_resume_after_a_kill_between_checkpoints_replays_the_uninterrupted_run(train_config):
+    """Killed at step 5 with the last checkpoint at step 4: the log lines past step 4 are dropped and replayed."""
+    full = train_config("full", steps=7, checkpoint_every=2)
+    train(full, progress=False)
+    part = train_config("part", steps=7, checkpoint_every=2)
+    with pytest.raises(_Killed):
+        train(part, progress=False, on_step=_kill_at(6))
+    assert [r[0] for r in _losses(Path(part.train.output_dir))] == [1, 2, 3, 4, 5]
+    train(part, resume=True, progress=False)
+    assert _losses(Path(part.train.output_dir)) == _losses(Path(full.train.output_dir))
+    a, b = _weights(Path(full.train.output_dir)), _weights(Path(part.train.output_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint_replays_the_uninterrupted_run(train_config):
+    """Killed before any checkpoint exists, `--resume` starts over; the log must not keep the dead run's lines."""
+    full = train_config("full", steps=4, checkpoint_every=3)
+    train(full, progress=False)
+    part = train_config("part", steps=4, checkpoint_every=3)
+    with pytest.raises(_Killed):
+        train(part, progress=False, on_step=_kill_at(3))
+    assert not (Path(part.train.output_dir) / STATE_FILE).exists()
+    train(part, resume=True, progress=False)
+    assert _losses(Path(part.train.output_dir)) == _losses(Path(full.train.output_dir))
+
+
+def test_refuses_an_output_dir_that_holds_a_run(train_config):
+    cfg = train_config(steps=2)
+    train(cfg, progress=False)
+    out = Path(cfg.train.output_dir)
+    log_before, state_before = (out / "log.jsonl").read_bytes(), (out / STATE_FILE).read_bytes()
+    with pytest.raises(ValueError, match=STATE_FILE) as e:
+        train(cfg, progress=False)
+    assert "resume" in str(e.value)
+    assert (out / "log.jsonl").read_bytes() == log_before and (out / STATE_FILE).read_bytes() == state_before
+
+
+def test_text_dim_mismatch_raises(train_config):
+    cfg = train_config(steps=1)
+    cfg.model.text_dim = 16
+    with pytest.raises(ValueError, match="384"):
+        train(cfg, progress=False)
+
+
+# ----------------------------------------------------------------------------
+# config parsing
+# ----------------------------------------------------------------------------
+
+
+def test_apply_overrides_parses_yaml_scalars():
+    d = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=0.0002", "model.depth=4", "train.precision=fp32",
+                                                  "sample.apg=true", "text_encoder=/models/t5", "model.mlp_ratio=2.5"])
+    assert d["train"] == {"lr": 0.0002, "precision": "fp32"}
+    assert d["model"] == {"depth": 4, "mlp_ratio": 2.5}
+    assert d["sample"] == {"apg": True}
+    assert d["text_encoder"] == "/models/t5"
+    cfg = Config.from_dict(d)
+    assert cfg.train.lr == 0.0002 and cfg.model.depth == 4 and cfg.sample.apg is True
+
+
+def test_override_in_scientific_notation_is_a_float():
+    cfg = Config.from_dict(apply_overrides({}, ["train.lr=1e-4"]))
+    assert cfg.train.lr == 1e-4
+
+
+def test_wrongly_typed_value_raises_value_error():
+    with pytest.raises(ValueError, match="lr"):
+        Config.from_dict(apply_overrides({}, ["train.lr=abc"]))
+
+
+@pytest.mark.parametrize("bad", ["train.lr", "=3"])
+def test_malformed_override_raises(bad):
+    with pytest.raises(ValueError):
+        Config.from_dict(apply_overrides({}, [bad]))
+
+
+def test_override_into_a_scalar_raises():
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides({"text_encoder": "minilm"}, ["text_encoder.path=x"])
+
+
+def _yaml(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text,override,allowed", [
+    ("train:\n  lrr: 0.1\n", [], "'batch_size'"),
+    ("train:\n  lr: 0.1\n", ["train.lrr=0.1"], "'batch_size'"),
+    ("model:\n  widht: 32\n", [], "'width'"),
+    ("data:\n  sise: 32\n", [], "'size'"),
+    ("sample:\n  stepz: 3\n", [], "'steps'"),
+    ("trian:\n  lr: 0.1\n", [], "'train'"),
+])
+def test_unknown_keys_raise_listing_allowed_ones(tmp_path, text, override, allowed):
+    with pytest.raises(ValueError, match="unknown") as e:
+        load_config(_yaml(tmp_path, text), override)
+    assert allowed in str(e.value)
+
+
+@pytest.mark.parametrize("override,options", [
+    ("model.attention=flash", ["softmax", "linear"]),
+    ("train.precision=fp16", ["fp32", "bf16"]),
+    ("sample.sampler=ddim", ["euler", "heun", "dpm2m"]),
+    ("data.dataset=mnist", ["shapes"]),
+])
+def test_unknown_choices_list_the_options(tmp_path, override, options):
+    with pytest.raises(ValueError) as e:
+        load_config(_yaml(tmp_path, "{}\n"), [override])
+    assert all(o in str(e.value) for o in options)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.steps=0", "train.steps"), ("train.cfg_dropout=1.0", "cfg_dropout"), ("train.lr=-0.1", "train.lr"),
+    ("data.size=16", "data.size"), ("train.ema_decay=1.5", "ema_decay"),
+])
+def test_out_of_range_values_raise(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(_yaml(tmp_path, "{}\n"), [override])
+
+
+def test_bad_files_raise(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(_yaml(tmp_path, "train: [unclosed\n"))
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(_yaml(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(_yaml(tmp_path, "train: 3\n"))
+
+
+def test_shipped_config_loads_and_round_trips(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "configs" / "shapes-64.yaml"
+    cfg = load_config(path, ["train.steps=10", "model.depth=2"])
+    assert cfg.train.steps == 10 and cfg.model.depth == 2 and cfg.model.text_dim == 384
+    assert cfg.data.size == cfg.model.sample_size == cfg.sample.size
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    # train() writes config.yaml as JSON, which is YAML too: it must load back.
+    (tmp_path / "config.yaml").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "config.yaml") == cfg
