@@ -231,3 +231,15 @@ def test_shipped_config_loads_and_round_trips(tmp_path):
     # train() writes config.yaml as JSON, which is YAML too: it must load back.
     (tmp_path / "config.yaml").write_text(json.dumps(cfg.to_dict()))
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_learning_rate_schedule_warmup_stable_cooldown():
+    from ditkit.config import Config
+    from ditkit.train import lr_at
+
+    cfg = Config.from_dict({"train": {"steps": 100, "lr": 1.0, "warmup_steps": 10, "cooldown_steps": 20}})
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(lr == pytest.approx(1.0) for lr in lrs[10:80])
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))  # strictly decreasing cooldown
+    assert lrs[99] == pytest.approx(1 / 20)

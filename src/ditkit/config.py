@@ -78,6 +78,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 5e-4
     warmup_steps: int = 500
+    cooldown_steps: int = 0         # linear decay to 0 over the last N steps (warmup-stable-decay); 0 = constant
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999

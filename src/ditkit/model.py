@@ -140,9 +140,11 @@ def rope_2d(h: int, w: int, head_dim: int, device: torch.device, theta: float = 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) of (B, heads, N, d) by the angles."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.to(x.dtype)
+    # In the compute dtype: under bf16 autocast the fp32 round trip cost ~2x here,
+    # and the angles of our small grids are exact enough in bf16.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -292,6 +294,9 @@ class DiT(nn.Module):
             self.head = None
             self.out_conv = None
         self._init_weights()
+        if c > 0:
+            # Full-resolution 3x3 convolutions run ~2x faster channels-last on CPU (oneDNN).
+            self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -318,6 +323,8 @@ class DiT(nn.Module):
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor):
         """Everything before the blocks. Returns tokens (B, N, W), mod (B, 6, W), c (B, W), text (B, L, W)."""
+        if self.config.stem_channels > 0:
+            x = x.contiguous(memory_format=torch.channels_last)
         tokens = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)
         m = mask.to(context.dtype)[..., None]
         pooled = (context * m).sum(1) / m.sum(1).clamp_min(1.0)
@@ -332,7 +339,8 @@ class DiT(nn.Module):
         h, w = x.shape[-2:]
         out = unpatchify(out, self.config.patch_size, h, w)
         if self.head is not None:
-            out = self.out_conv(self.head(torch.cat([out, x.to(out.dtype)], dim=1)))
+            h_in = torch.cat([out, x.to(out.dtype)], dim=1).contiguous(memory_format=torch.channels_last)
+            out = self.out_conv(self.head(h_in))
         return out
 
     def check_input(self, x: torch.Tensor) -> None:
