@@ -146,14 +146,19 @@ def forward_fn(model, call, inputs, precision: str, device: torch.device) -> Cal
     return run
 
 
-def train_fn(model, call, opt, inputs, precision: str, device: torch.device) -> Callable[[], None]:
-    """One rectified-flow training step: x_t = (1-t) x0 + t eps, target v = eps - x0, AdamW."""
+def train_fn(model, call, opt, inputs, precision: str, device: torch.device,
+             cast=None) -> Callable[[], None]:
+    """One rectified-flow training step: x_t = (1-t) x0 + t eps, target v = eps - x0, AdamW.
+    `cast(precision, device)` is the autocast context each library trains under:
+    ditkit's trainer adds the 'math' attention kernel under bf16 on CPU
+    (ditkit.train._autocast); diffusers trains under plain autocast."""
     x0, eps, t, ctx, mask = inputs
+    autocast_ = cast or autocast
 
     def run() -> None:
         tt = t[:, None, None, None]
         xt = (1 - tt) * x0 + tt * eps
-        with autocast(precision, device):
+        with autocast_(precision, device):
             v = call(model, xt, t, ctx, mask)
         loss = F.mse_loss(v.float(), eps - x0)
         opt.zero_grad(set_to_none=True)
@@ -332,7 +337,9 @@ def main(argv=None) -> int:
                     fb = forward_fn(pixart, call_pixart, inputs, precision, device)
                 else:
                     model.train(), pixart.train()
-                    fa = train_fn(model, call_ditkit, d_opt, inputs, precision, device)
+                    from ditkit.train import _autocast as ditkit_train_autocast
+
+                    fa = train_fn(model, call_ditkit, d_opt, inputs, precision, device, ditkit_train_autocast)
                     fb = train_fn(pixart, call_pixart, p_opt, inputs, precision, device)
                 # FLOPs are the same in both precisions; count them in the one being timed anyway (cheap).
                 flops = {"ditkit": count_flops(fa), "diffusers": count_flops(fb)}
