@@ -92,3 +92,18 @@ def train_config(tmp_path):
         return tiny_train_config(tmp_path / name, **train_overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny text-to-image model folder (32 px, 2 sampling steps) for CLI and API tests."""
+    from ditkit.checkpoint import save_model
+    from ditkit.config import SampleConfig
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32))
+    with torch.no_grad():  # move the zero-initialised output off zero so images depend on the noise
+        model.out_conv.weight.normal_(0, 0.1)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    save_model(folder, model, SampleConfig(steps=2, guidance=2.0, size=32))
+    return folder

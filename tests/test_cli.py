@@ -13,22 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit.checkpoint import save_model
 from ditkit.cli import main
-from ditkit.config import SampleConfig
-from ditkit.model import DiT, DiTConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32))
-    # Perturb the zero-initialised output so images depend on the noise.
-    with torch.no_grad():
-        model.out_conv.weight.normal_(0, 0.1)
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    save_model(folder, model, SampleConfig(steps=2, guidance=2.0, size=32))
-    return folder
 
 
 def run_cli(args, capsys):

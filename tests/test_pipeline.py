@@ -7,21 +7,12 @@ import pytest
 import torch
 
 import ditkit
-from ditkit.checkpoint import save_model
-from ditkit.config import SampleConfig
-from ditkit.model import DiT, DiTConfig
 from ditkit.pipeline import embedded_models, load
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32))
-    with torch.no_grad():
-        model.out_conv.weight.normal_(0, 0.1)
-    folder = tmp_path_factory.mktemp("m") / "model"
-    save_model(folder, model, SampleConfig(steps=3, guidance=2.0, size=32))
-    return load(folder)
+def pipe(tiny_model_dir):
+    return load(tiny_model_dir)
 
 
 def arrays(images):
