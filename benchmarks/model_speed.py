@@ -151,7 +151,7 @@ def train_fn(model, call, opt, inputs, precision: str, device: torch.device,
     """One rectified-flow training step: x_t = (1-t) x0 + t eps, target v = eps - x0, AdamW.
     `cast(precision, device)` is the autocast context each library trains under:
     ditkit's trainer adds the 'math' attention kernel under bf16 on CPU
-    (ditkit.train._autocast); diffusers trains under plain autocast."""
+    (ditkit.train.training_autocast); diffusers trains under plain autocast."""
     x0, eps, t, ctx, mask = inputs
     autocast_ = cast or autocast
 
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
                     fb = forward_fn(pixart, call_pixart, inputs, precision, device)
                 else:
                     model.train(), pixart.train()
-                    from ditkit.train import _autocast as ditkit_train_autocast
+                    from ditkit.train import training_autocast as ditkit_train_autocast
 
                     fa = train_fn(model, call_ditkit, d_opt, inputs, precision, device, ditkit_train_autocast)
                     fb = train_fn(pixart, call_pixart, p_opt, inputs, precision, device)

@@ -20,16 +20,18 @@ import json
 import math
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checkpoint import STATE_FILE, load_train_state, save_model, save_train_state
 from .config import Config
 from .encoders import get_text_encoder
 from .flow import flow_loss, interpolate, sample_time_logit_normal
+from .guidance import autocast_for
 from .model import DiT, count_parameters
 
 
@@ -69,22 +71,18 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def _autocast(precision: str, device: torch.device):
-    """bf16 autocast. On CPU also the plain 'math' attention kernel: for our short
-    sequences its bf16 backward is ~3x faster than the fused CPU kernel's
-    (benchmarks/model_speed.py --profile), about 13% of a training step."""
-    if precision != "bf16":
-        return nullcontext()
-    if device.type == "cpu":
-        from contextlib import ExitStack
-
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        stack = ExitStack()
-        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        return stack
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+@contextmanager
+def training_autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """The sampler's autocast (guidance.autocast_for) plus, under bf16 on CPU, the
+    plain 'math' attention kernel: for our short sequences its bf16 backward is
+    ~3x faster than the fused CPU kernel's (benchmarks/model_speed.py --profile),
+    about 13% of a training step."""
+    with autocast_for(precision, device):
+        if precision == "bf16" and device.type == "cpu":
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        else:
+            yield
 
 
 def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.device) -> torch.Tensor:
@@ -97,7 +95,7 @@ def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.dev
     t = sample_time_logit_normal(len(captions), cfg.train.time_mean, cfg.train.time_std, generator=g)
     context, mask = encoder.encode(captions, device)
     x0, eps, t = x0.to(device), eps.to(device), t.to(device)
-    with _autocast(cfg.train.precision, device):
+    with training_autocast(cfg.train.precision, device):
         v = model(interpolate(x0, eps, t), t, context, mask)
     return flow_loss(v, x0, eps).mean()
 
