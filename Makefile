@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+# pytorchfwd, the peer for FWD tests: --no-deps, as its wheel requires torchvision and pins
+# ptwt==0.1.8 and scipy==1.11.1; only its freq_math module is used, on the ptwt from [dev].
+	$(PY) -m pip install -q --no-deps pytorchfwd==1.0.1
 	touch $(STAMP)
 
 setup: $(STAMP)

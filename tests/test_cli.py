@@ -65,7 +65,7 @@ def test_batch_generation_same_seed_same_images(tiny_model_dir, tmp_path, capsys
     (["--guidance", "-1"], "--guidance must be >= 0"),
     (["--size", "30"], "multiple of the model's patch size"),
     (["--size", "4096"], "between"),
-    (["--precision", "fp16"], "allowed: fp32, bf16"),
+    (["--precision", "fp64"], "allowed: fp32, bf16, int8, fp16"),
 ])
 def test_bad_sampling_args(tiny_model_dir, tmp_path, capsys, args, needle):
     out = tmp_path / "x.png"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import warnings
@@ -50,6 +51,18 @@ def _nonneg_float(name: str):
     return parse
 
 
+def _int_list(name: str):
+    def parse(s: str) -> list[int]:
+        try:
+            values = [int(x) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers >= 1, got {s!r}") from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be comma-separated integers >= 1, got {s!r}")
+        return values
+    return parse
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     from .sampling import SAMPLERS
 
@@ -60,7 +73,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the model's)")
     p.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
     p.add_argument("--size", type=_positive_int("--size"), help="image side in pixels (default: the model's)")
-    p.add_argument("--precision", default="fp32", help="fp32 or bf16")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
+    p.add_argument("--cache", help="feature caching: first-block:THRESHOLD, smooth:calibrated or smooth:PATH.json")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (about 40 s to compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -77,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", help="output folder for --prompts-file")
     g.add_argument("--num-images", type=_positive_int("--num-images"), default=1,
                    help="images per prompt; with -o, files get _0, _1, ... suffixes")
+    g.add_argument("--best-of", type=_positive_int("--best-of"), default=1,
+                   help="generate N candidates per image and keep the verifier's best (N times the cost)")
+    g.add_argument("--verifier", help="shapes, digits or module:function (default: the model's dataset)")
     _add_sampling_args(g)
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
@@ -84,13 +102,71 @@ def build_parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="benchmark", parser_class=_Parser)
     es = esub.add_parser("shapes", help="ShapesEval: GenEval's rules on the shapes world")
     es.add_argument("--per-category", type=_positive_int("--per-category"), default=50)
-    es.add_argument("--out-dir", help="save images, grid.png and results.json here")
+    es.add_argument("--out-dir", help="save images, grid.png, scores.png, results.json and report.md here")
+    es.add_argument("--best-of", type=_int_list("--best-of"),
+                    help="inference-time scaling: comma-separated N values, e.g. 1,2,4,8,16")
+    es.add_argument("--verifier", default="shapes", help="with --best-of: shapes, digits or module:function")
     _add_sampling_args(es)
     es.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    ed = esub.add_parser("digits", help="the real-data digits benchmark: judge accuracy and FWD")
+    ed.add_argument("--per-digit", type=_positive_int("--per-digit"), default=50)
+    ed.add_argument("--out-dir", help="save images, plots, results.json and report.md here")
+    ed.add_argument("--best-of", type=_int_list("--best-of"), help="comma-separated N values, e.g. 1,2,4,8")
+    ed.add_argument("--verifier", default="digits", help="with --best-of: digits or module:function")
+    ed.add_argument("--no-fwd", action="store_true", help="skip FWD against the real test split")
+    _add_sampling_args(ed)
+    ed.set_defaults(model="digits-32")
+    ed.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    ef = esub.add_parser("fwd", help="Frechet Wavelet Distance between two image folders, or a model and a folder")
+    ef.add_argument("dirs", nargs="*", help="DIR_A DIR_B (image folders or saved .npz statistics)")
+    ef.add_argument("--reference", help="with --model: reference image folder or .npz statistics")
+    ef.add_argument("--num", type=_positive_int("--num"), default=500, help="with --model: images to generate")
+    ef.add_argument("--prompts-file", help="with --model: prompts to cycle through (default: the model's benchmark)")
+    ef.add_argument("--level", type=_positive_int("--level"), default=4, help="wavelet packet level (4: 256 packets)")
+    ef.add_argument("--save-stats", help="save the statistics of the first set (DIR_A or the model's images) to .npz")
+    ef.add_argument("--out-dir", help="save results.json and report.md here")
+    _add_sampling_args(ef)
+    ef.set_defaults(model=None)
+    ef.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     i = sub.add_parser("info", help="describe a model")
     i.add_argument("model", nargs="?", default="shapes-64")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    cc = sub.add_parser("cache-calibrate", help="calibrate a SmoothCache schedule for a model and step count")
+    cc.add_argument("model", nargs="?", default="shapes-64")
+    cc.add_argument("--steps", type=_positive_int("--steps"), help="sampling steps (default: the model's)")
+    cc.add_argument("--sampler", help="sampler (default: the model's)")
+    cc.add_argument("--alpha", type=_nonneg_float("--alpha"), default=0.15,
+                    help="reuse a block's residual where it moved less than this (relative L1) at calibration")
+    cc.add_argument("--prompts", help="calibration prompts file (default: 8 of the model's benchmark prompts)")
+    cc.add_argument("-o", "--output", help="schedule path (default: cache_schedule.json in the model folder)")
+    cc.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    an = sub.add_parser("analyze", help="per-block linearity, influence and ablation truth of a DiT")
+    an.add_argument("model", help="embedded model name, model folder, or a diffusers transformer folder")
+    an.add_argument("--prompts", help="calibration prompts file, one per line (default: the model's benchmark)")
+    an.add_argument("--timesteps", type=int, default=8, help="time bins (sampling steps), default 8")
+    an.add_argument("--ablation-eval", type=int, default=0, metavar="PER_CATEGORY",
+                    help="also measure each block's ShapesEval drop when removed (slow; shapes models)")
+    an.add_argument("--no-ablation", action="store_true", help="skip the ablation truth")
+    an.add_argument("-o", "--output", required=True, help="output folder")
+    an.add_argument("--device", default="cpu")
+    an.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    pr = sub.add_parser("prune", help="remove whole blocks, recover with a short distillation, save")
+    pr.add_argument("model", help="embedded model name or model folder")
+    pr.add_argument("--remove", type=int, required=True, metavar="K", help="number of blocks to remove (0 <= K < depth)")
+    pr.add_argument("--by", default="influence", help="influence, linearity or ablation (default influence)")
+    pr.add_argument("--replace-linear", action="store_true", help="replace removed blocks by fitted linear maps")
+    pr.add_argument("--tune-steps", type=int, default=500, help="recovery fine-tune steps (default 500)")
+    pr.add_argument("--prompts", help="calibration prompts file, one per line (default: the model's benchmark)")
+    pr.add_argument("--lr", type=float, default=2e-4)
+    pr.add_argument("-o", "--output", required=True, help="output model folder (must not exist)")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")
@@ -145,13 +221,12 @@ def _read_prompts_file(path: str) -> list[str]:
 
 
 def _check_sampling_args(args) -> None:
-    from .config import PRECISIONS
+    from .precision import check_precision
     from .sampling import SAMPLERS
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
-    if args.precision not in PRECISIONS:
-        raise UserError(f"unknown precision {args.precision!r}; allowed: {', '.join(PRECISIONS)}")
+    check_precision(args.precision, args.device)
     if args.shift is not None and args.shift <= 0:
         raise UserError(f"--shift must be > 0, got {args.shift}")
 
@@ -160,6 +235,12 @@ def _load_pipeline(args):
     from .pipeline import load
 
     pipe = load(args.model, device=args.device)
+    if getattr(args, "cache", None):
+        from .cache import parse_cache_spec
+
+        parse_cache_spec(args.cache, pipe.source)  # a bad spec or missing schedule fails before any work
+    if getattr(args, "compile", False):
+        pipe.compile()
     size = args.size if args.size is not None else pipe.defaults.size
     p = pipe.model.config.patch_size
     if size % p or not p <= size <= 1024:
@@ -167,9 +248,17 @@ def _load_pipeline(args):
     return pipe
 
 
-def _generation_kwargs(args) -> dict:
-    return dict(steps=args.steps, guidance=args.guidance, apg=args.apg or None, sampler=args.sampler,
-                size=args.size, shift=args.shift, precision=args.precision, seed=args.seed)
+def _generation_kwargs(args, pipe=None) -> dict:
+    kw = dict(steps=args.steps, guidance=args.guidance, apg=args.apg or None, sampler=args.sampler,
+              size=args.size, shift=args.shift, precision=args.precision, seed=args.seed,
+              cache=getattr(args, "cache", None))
+    if getattr(args, "best_of", 1) != 1 or getattr(args, "verifier", None):
+        from .scaling import default_verifier, get_verifier
+
+        kw["best_of"] = args.best_of
+        kw["verifier"] = args.verifier or default_verifier(pipe.config)
+        get_verifier(kw["verifier"])
+    return kw
 
 
 # ----------------------------------------------------------------------------
@@ -192,10 +281,11 @@ def cmd_generate(args) -> int:
             raise UserError(f"parent folder of --out-dir {str(out_dir.parent)!r} does not exist")
         prompts = _read_prompts_file(args.prompts_file)
         pipe = _load_pipeline(args)
-        with progress_bar("generate", len(prompts) * args.num_images) as cb:
+        kwargs = _generation_kwargs(args, pipe)
+        with progress_bar("generate", len(prompts) * args.num_images * args.best_of) as cb:
             images = pipe.generate(prompts, num_images=args.num_images,
                                    callback=lambda d, n: cb(d // max(1, pipe.sample_config(args.steps).steps), n),
-                                   **_generation_kwargs(args))
+                                   **kwargs)
         out_dir.mkdir(exist_ok=True)
         for k, im in enumerate(images):
             save_image_atomic(im, out_dir / f"{k:04d}.png")
@@ -207,10 +297,10 @@ def cmd_generate(args) -> int:
         raise UserError("give an output path with -o OUT.png")
     out = _check_output_file(args.output)
     pipe = _load_pipeline(args)
+    kwargs = _generation_kwargs(args, pipe)
     steps = pipe.sample_config(args.steps).steps
-    with progress_bar("generate", steps * args.num_images) as cb:
-        images = pipe.generate(args.prompt, num_images=args.num_images, callback=lambda d, n: cb(d, n),
-                               **_generation_kwargs(args))
+    with progress_bar("generate", steps * args.num_images * args.best_of) as cb:
+        images = pipe.generate(args.prompt, num_images=args.num_images, callback=lambda d, n: cb(d, n), **kwargs)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(len(images))]
     for im, path in zip(images, paths):
         save_image_atomic(im, path)
@@ -218,27 +308,167 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _check_out_dir(path: str | None) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out-dir {path!r} is a file")
+    if not p.parent.exists():
+        raise UserError(f"parent folder of --out-dir {str(p.parent)!r} does not exist")
+
+
 def cmd_eval_shapes(args) -> int:
-    from .evaluate import save_eval_outputs, shapes_eval
+    from .evaluate import save_best_of_outputs, save_eval_outputs, shapes_best_of_eval, shapes_eval
     from .guidance import APG
     from .progress import progress_bar
 
     _check_sampling_args(args)
-    if args.out_dir and not Path(args.out_dir).parent.exists():
-        raise UserError(f"parent folder of --out-dir {str(Path(args.out_dir).parent)!r} does not exist")
+    _check_out_dir(args.out_dir)
     pipe = _load_pipeline(args)
     sample = pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift, args.apg or None)
+    if args.best_of:
+        from .scaling import get_verifier
+
+        get_verifier(args.verifier)
+        n = 4 * args.per_category * sample.steps * max(args.best_of)
+        with progress_bar("eval shapes best-of-N", n) as cb:
+            result = shapes_best_of_eval(pipe.model, pipe.text_encoder, sample, args.best_of, args.per_category,
+                                         args.seed, args.verifier, precision=args.precision, callback=cb)
+        if args.out_dir:
+            save_best_of_outputs(result, args.out_dir, "ShapesEval against best-of-N", args.command_line)
+        print(json.dumps({"model": pipe.source, "seconds_per_image": result["seconds_per_image"],
+                          "rows": [{"best_of": r["best_of"], **r["result"]} for r in result["rows"]]}, indent=2))
+        return 0
     n = 4 * args.per_category * sample.steps
     with progress_bar("eval shapes", n) as cb:
+        from .cache import parse_cache_spec
+
         result = shapes_eval(pipe.model, pipe.text_encoder, sample, args.per_category, args.seed,
                              APG() if sample.apg else None, args.precision, callback=cb,
-                             return_images=bool(args.out_dir))
+                             return_images=bool(args.out_dir), cache=parse_cache_spec(args.cache, pipe.source))
     if args.out_dir:
-        save_eval_outputs(result, args.out_dir)
+        save_eval_outputs(result, args.out_dir, args.command_line)
     summary = {k: v for k, v in result.items() if k not in ("images", "prompts")}
     summary["model"] = pipe.source
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def cmd_eval_digits(args) -> int:
+    from .data import digits
+    from .evaluate import best_of_sweep, digits_eval, save_best_of_outputs, save_digits_outputs
+
+    _check_sampling_args(args)
+    _check_out_dir(args.out_dir)
+    pipe = _load_pipeline(args)
+    sample = pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift, args.apg or None)
+    if sample.size != digits.SIZE:
+        raise UserError(f"the digits benchmark is at {digits.SIZE}x{digits.SIZE}; got size {sample.size}")
+    if args.best_of:
+        prompts = digits.benchmark_prompts(args.per_digit)
+        result = best_of_sweep(pipe.model, pipe.text_encoder, sample, prompts, args.best_of, args.verifier,
+                               digits.digit_accuracy, seed=args.seed, precision=args.precision)
+        result["settings"] = {"sampler": sample.sampler, "steps": sample.steps, "guidance": sample.guidance,
+                              "per_digit": args.per_digit, "seed": args.seed, "verifier": args.verifier}
+        if args.out_dir:
+            save_best_of_outputs(result, args.out_dir, "Digit accuracy against best-of-N", args.command_line)
+        print(json.dumps({"model": pipe.source, "seconds_per_image": result["seconds_per_image"],
+                          "rows": [{"best_of": r["best_of"], "accuracy": r["result"]["accuracy"]} for r in result["rows"]]},
+                         indent=2))
+        return 0
+    result = digits_eval(pipe.model, pipe.text_encoder, sample, args.per_digit, args.seed, args.precision,
+                         return_images=True)
+    if not args.no_fwd:
+        from .fwd import fwd
+        import numpy as np
+
+        generated = np.stack([np.asarray(im.convert("RGB")) for im in result["images"]])
+        test, train = digits.load_split("test").images, digits.load_split("train").images
+        gen_test, train_test = fwd(generated, test), fwd(train, test)
+        result["fwd"] = {"generated_vs_test": gen_test, "train_vs_test": train_test,
+                         "ratio": gen_test / train_test if train_test > 0 else float("inf")}
+    if args.out_dir:
+        save_digits_outputs(result, args.out_dir, args.command_line)
+    summary = {k: v for k, v in result.items() if k not in ("images", "prompts", "predicted")}
+    summary["model"] = pipe.source
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval_fwd(args) -> int:
+    import numpy as np
+
+    from .fwd import FWDStats, fwd_from_statistics, fwd_statistics, load_image_folder
+
+    def stats_of(path: str) -> FWDStats:
+        p = Path(path)
+        if p.suffix == ".npz":
+            if not p.is_file():
+                raise UserError(f"statistics file {path!r} does not exist")
+            return FWDStats.load(p)
+        images = load_image_folder(p)
+        images = images[0] if isinstance(images, tuple) else images
+        return fwd_statistics(images, level=args.level)
+
+    _check_out_dir(args.out_dir)
+    if args.save_stats and not args.save_stats.endswith(".npz"):
+        raise UserError(f"--save-stats needs a .npz path, got {args.save_stats!r}")
+    if args.model:
+        if args.dirs:
+            raise UserError("with --model give --reference DIR, not positional folders")
+        if not args.reference:
+            raise UserError("--model needs --reference DIR (image folder or .npz statistics)")
+        _check_sampling_args(args)
+        ref = stats_of(args.reference)
+        pipe = _load_pipeline(args)
+        if args.prompts_file:
+            prompts = _read_prompts_file(args.prompts_file)
+        else:
+            prompts = _benchmark_prompts_for(pipe)
+        prompts = [prompts[i % len(prompts)] for i in range(args.num)]
+        from .progress import progress_bar
+
+        steps = pipe.sample_config(args.steps).steps
+        with progress_bar("generate", args.num * steps) as cb:
+            images = pipe.generate(prompts, callback=lambda d, n: cb(d, n), **_generation_kwargs(args, pipe))
+        first = fwd_statistics(np.stack([np.asarray(im.convert("RGB")) for im in images]), level=args.level)
+        names = (f"{pipe.source} ({args.num} generated)", args.reference)
+    else:
+        if len(args.dirs) != 2:
+            raise UserError("give two image folders (or .npz statistics): ditkit eval fwd DIR_A DIR_B, "
+                            "or --model M --reference DIR")
+        first, ref = stats_of(args.dirs[0]), stats_of(args.dirs[1])
+        names = tuple(args.dirs)
+    distance = fwd_from_statistics(first, ref)
+    if args.save_stats:
+        first.save(args.save_stats)
+    result = {"fwd": distance, "a": names[0], "b": names[1], "level": args.level, "n_a": first.n, "n_b": ref.n}
+    if args.out_dir:
+        from .reports import markdown_table, write_json, write_report
+
+        out = Path(args.out_dir)
+        out.mkdir(exist_ok=True)
+        write_json(out / "results.json", result)
+        write_report(out / "report.md", "Frechet Wavelet Distance", args.command_line, [
+            ("Result", markdown_table(["A", "B", "images A", "images B", "level", "FWD"],
+                                      [[names[0], names[1], first.n, ref.n, args.level, distance]])),
+        ])
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _benchmark_prompts_for(pipe) -> list[str]:
+    dataset = (pipe.config.get("data") or {}).get("dataset")
+    if dataset == "digits":
+        from .data import digits
+
+        return digits.benchmark_prompts(1)
+    if dataset == "shapes":
+        from .data import shapes
+
+        return [p for _, p in shapes.benchmark_prompts(50, 0)]
+    raise UserError("this model has no built-in benchmark prompts; give --prompts-file")
 
 
 def cmd_info(args) -> int:
@@ -250,6 +480,144 @@ def cmd_info(args) -> int:
     cfg = read_model_config(folder)
     n = sum(p.numel() for p in pipe.model.parameters())
     print(json.dumps({"source": str(folder), "parameters": n, "config": cfg}, indent=2))
+    return 0
+
+
+def cmd_cache_calibrate(args) -> int:
+    from .pipeline import load
+    from .sampling import SAMPLERS
+
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {args.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if args.output and not args.output.endswith(".json"):
+        raise UserError(f"--output needs a .json path, got {args.output!r}")
+    prompts = _read_prompts_file(args.prompts) if args.prompts else None
+    pipe = load(args.model)
+    path = pipe.calibrate_cache(args.steps, args.sampler, args.alpha, prompts, args.output)
+    from .cache import SmoothSchedule
+
+    sched = SmoothSchedule.load(path)
+    reused = sum(map(sum, sched.reuse))
+    total = sum(map(len, sched.reuse))
+    print(json.dumps({"schedule": str(path), "steps": sched.steps, "sampler": sched.sampler, "alpha": sched.alpha,
+                      "block_calls_reused": reused, "block_calls": total}, indent=2))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from . import analysis
+    from .reports import markdown_table, write_json, write_report
+
+    if args.timesteps < 1:
+        raise UserError(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.ablation_eval < 0:
+        raise UserError(f"--ablation-eval must be >= 0, got {args.ablation_eval}")
+    _check_out_dir(args.output)
+    prompts = _read_prompts_file(args.prompts) if args.prompts else None
+    out = Path(args.output)
+    sections = []
+    if analysis.is_diffusers_folder(args.model):
+        transformer = analysis.load_diffusers_transformer(args.model)
+        result = analysis.analyze_diffusers(transformer, analysis.calibration_inputs(transformer, num_timesteps=args.timesteps))
+        ablation = None
+    else:
+        from .prune import default_calibration_prompts
+        from .pipeline import load
+
+        pipe = load(args.model, device=args.device)
+        data = pipe.config.get("data") or {}
+        if prompts is None:
+            if data.get("dataset") not in ("shapes", "digits"):
+                raise UserError("this model records no dataset; give calibration prompts with --prompts FILE")
+            prompts = default_calibration_prompts(data["dataset"])
+        result = analysis.analyze_dit(pipe.model, pipe.text_encoder, prompts, args.timesteps, sample=pipe.defaults)
+        ablation = None
+        if not args.no_ablation:
+            if data.get("dataset") not in ("shapes", "digits"):
+                raise UserError("ablation truth needs the model's training data; use --no-ablation")
+            from .ablation import ablation_effects, plot_ablation, rank_correlations
+
+            effects = ablation_effects(pipe.model, pipe.text_encoder, data["dataset"], int(data.get("size", 64)),
+                                       args.ablation_eval, pipe.defaults)
+            costs = {"loss increase": effects["loss"]["increase"]}
+            if "shapes" in effects:
+                costs["ShapesEval drop"] = effects["shapes"]["drop"]
+            ablation = {"effects": effects, "rank_correlations": rank_correlations(result["mean"], costs)}
+    out.mkdir(exist_ok=True)
+    analysis.save_analysis(result, out)
+    means = result["mean"]
+    rows = [[i, *[means[s][i] for s in analysis.SCORES]] for i in range(result["blocks"])]
+    sections.append(("Per-block scores (mean over time bins)", markdown_table(["block", *analysis.SCORES], rows)
+                     + "\n\n![profile](profile.png)"
+                     + ("\n\n![linearity over depth and time](heatmap_linearity.png) "
+                        "![influence over depth and time](heatmap_influence.png)" if result.get("timesteps") else "")))
+    if ablation:
+        write_json(out / "ablation.json", ablation)
+        costs_table = {"loss increase": ablation["effects"]["loss"]["increase"]}
+        if "shapes" in ablation["effects"]:
+            costs_table["ShapesEval drop"] = ablation["effects"]["shapes"]["drop"]
+        plot_ablation(means, costs_table, out / "ablation.png")
+        crow = [[s, *[f"{ablation['rank_correlations'][s][c]['spearman']:+.2f} "
+                      f"(p={ablation['rank_correlations'][s][c]['p_value']:.2f})" for c in costs_table]]
+                for s in analysis.SCORES]
+        sections.append(("Ablation truth", markdown_table(["block", *costs_table],
+                                                          [[i, *[v[i] for v in costs_table.values()]]
+                                                           for i in range(result["blocks"])])
+                         + "\n\nSpearman rank correlation of each score with the measured removal cost "
+                           "(influence and norm ratio should correlate positively, linearity negatively):\n\n"
+                         + markdown_table(["score", *costs_table], crow) + "\n\n![ablation](ablation.png)"))
+    write_report(out / "report.md", f"Block analysis of {args.model}", args.command_line, sections)
+    summary = {"output": str(out), "blocks": result["blocks"], "mean": means}
+    if ablation:
+        summary["rank_correlations"] = ablation["rank_correlations"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .progress import progress_bar
+    from .prune import SELECTORS, prune_model
+
+    if args.by not in SELECTORS:
+        raise UserError(f"unknown --by {args.by!r}; allowed: {', '.join(SELECTORS)}")
+    if args.remove < 0:
+        raise UserError(f"--remove must be >= 0, got {args.remove}")
+    if args.tune_steps < 0:
+        raise UserError(f"--tune-steps must be >= 0, got {args.tune_steps}")
+    out = Path(args.output)
+    if out.exists():
+        raise UserError(f"output {args.output!r} already exists; choose a new folder")
+    if not out.parent.exists():
+        raise UserError(f"parent folder of {args.output!r} does not exist")
+    prompts = _read_prompts_file(args.prompts) if args.prompts else None
+    # Write to a sibling temp folder and rename, so a failure never leaves a partial model.
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    try:
+        from .analysis import is_diffusers_folder
+
+        with progress_bar("recovery tune", max(1, args.tune_steps)) as cb:
+            if is_diffusers_folder(args.model):
+                if args.replace_linear:
+                    raise UserError("--replace-linear is for ditkit models; diffusers blocks can only be removed")
+                from .prune import prune_diffusers
+
+                summary = prune_diffusers(args.model, args.remove, args.by, args.tune_steps, tmp, callback=cb)
+            else:
+                summary = prune_model(args.model, args.remove, args.by, args.replace_linear, args.tune_steps, tmp,
+                                      prompts=prompts, lr=args.lr, device=args.device, callback=cb)
+        os.replace(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary.pop("model")
+    summary["out_dir"] = str(out)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -270,17 +638,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse's own errors (exit 2) and --help (exit 0)
         return int(e.code or 0)
     debug = getattr(args, "debug", False)
+    args.command_line = "ditkit " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     warnings.formatwarning = lambda msg, cat, *a, **k: f"ditkit: warning: {msg}\n"
     _quiet_libraries()
-    handlers = {"generate": cmd_generate, "info": cmd_info, "train": cmd_train}
+    handlers = {"generate": cmd_generate, "info": cmd_info, "train": cmd_train, "prune": cmd_prune,
+                "analyze": cmd_analyze, "cache-calibrate": cmd_cache_calibrate}
     try:
         if args.command == "eval":
-            if args.benchmark != "shapes":
-                raise UserError("choose a benchmark: ditkit eval shapes")
-            return cmd_eval_shapes(args)
+            evals = {"shapes": cmd_eval_shapes, "digits": cmd_eval_digits, "fwd": cmd_eval_fwd}
+            if args.benchmark not in evals:
+                raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd")
+            return evals[args.benchmark](args)
         return handlers[args.command](args)
     except (UserError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, OSError) as e:
         if debug:

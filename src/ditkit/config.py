@@ -17,7 +17,7 @@ from .model import DiTConfig
 
 PRECISIONS = ("fp32", "bf16")
 SAMPLER_NAMES = ("euler", "heun", "dpm2m")
-DATASETS = ("shapes",)
+DATASETS = ("shapes", "digits")
 
 
 def coerce_fields(cls, d: dict, section: str) -> dict:

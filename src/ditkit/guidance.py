@@ -19,7 +19,6 @@ buffer: state lives for one generation only, never across requests.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,9 +59,10 @@ def pad_contexts(a: Context, b: Context) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def autocast_for(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    """bf16 / fp16 autocast, or nothing (fp32, and int8 whose Linear layers are quantized)."""
+    from .precision import autocast
+
+    return autocast(precision, device)
 
 
 def model_velocity(model: torch.nn.Module, context: Context, precision: str = "fp32") -> Velocity:

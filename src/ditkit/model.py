@@ -64,8 +64,17 @@ class DiTConfig:
     stem_channels: int = 16
     qk_norm: bool = True
     sample_size: int = 64  # training resolution in pixels; RoPE positions are in patches
+    # Indices of blocks that are token-wise affine maps (LinearBlock): what `ditkit prune
+    # --replace-linear` leaves in place of a removed block (Razzhigaev et al. 2024, Sec. 5).
+    linear_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            self.linear_blocks = tuple(sorted({int(i) for i in self.linear_blocks}))
+        except (TypeError, ValueError):
+            raise ValueError(f"model.linear_blocks must be a list of block indices, got {self.linear_blocks!r}") from None
+        if any(not 0 <= i < int(self.depth) for i in self.linear_blocks):
+            raise ValueError(f"model.linear_blocks {list(self.linear_blocks)} must be indices in 0..{int(self.depth) - 1}")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention kind {self.attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
         for name in ("in_channels", "out_channels", "patch_size", "width", "depth", "heads", "text_dim"):
@@ -89,7 +98,9 @@ class DiTConfig:
         return cls(**coerce_fields(cls, d, "model"))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["linear_blocks"] = list(self.linear_blocks)
+        return d
 
 
 # ----------------------------------------------------------------------------
@@ -262,6 +273,27 @@ class DiTBlock(nn.Module):
         return x
 
 
+class LinearBlock(nn.Module):
+    """A token-wise affine map x -> x A + b standing in for a pruned block: the paper's
+    observation that blocks are close to linear between consecutive embeddings
+    (Razzhigaev et al., ACL 2024). Same call signature as DiTBlock; ignores t and text."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        self.reset_identity()
+
+    def reset_identity(self) -> None:
+        """Identity until fitted: a block that passes its input through."""
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(self.linear.in_features))
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        return self.linear(x)
+
+
 # ----------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------
@@ -281,7 +313,8 @@ class DiT(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w))
         self.pooled_proj = nn.Linear(cfg.text_dim, w)
         self.adaln_single = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
-        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(LinearBlock(w) if i in cfg.linear_blocks else DiTBlock(cfg)
+                                    for i in range(cfg.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.randn(2, w) / w**0.5)
         head_channels = c if c > 0 else cfg.out_channels
@@ -310,6 +343,9 @@ class DiT(nn.Module):
         nn.init.zeros_(self.adaln_single[1].weight)
         nn.init.zeros_(self.adaln_single[1].bias)
         for blk in self.blocks:
+            if isinstance(blk, LinearBlock):
+                blk.reset_identity()  # undo the xavier pass above
+                continue
             # Zero cross-attention output: text enters gradually, blocks start as in an unconditional DiT.
             nn.init.zeros_(blk.cross_attn.proj.weight)
             nn.init.zeros_(blk.cross_attn.proj.bias)
@@ -351,7 +387,9 @@ class DiT(nn.Module):
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of the patch size {p}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, block_runner=None) -> torch.Tensor:
+        """block_runner(blocks, tokens, block_args) -> tokens, if given, runs the blocks
+        instead of the plain loop (feature caching, ditkit.cache, hooks in there)."""
         self.check_input(x)
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
@@ -361,8 +399,12 @@ class DiT(nn.Module):
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         rope = rope_2d(*grid, self.config.width // self.config.heads, x.device)
         tokens, mod, c, text = self.embed(x, t, context, context_mask)
-        for blk in self.blocks:
-            tokens = blk(tokens, mod, text, context_mask, rope, grid)
+        block_args = (mod, text, context_mask, rope, grid)
+        if block_runner is not None:
+            tokens = block_runner(self.blocks, tokens, block_args)
+        else:
+            for blk in self.blocks:
+                tokens = blk(tokens, *block_args)
         return self.final(tokens, c, x)
 
 

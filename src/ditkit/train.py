@@ -45,6 +45,10 @@ def get_batch(cfg: Config, step: int) -> tuple[torch.Tensor, list[str]]:
         from .data.shapes import make_batch
 
         return make_batch(cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
+    if cfg.data.dataset == "digits":
+        from .data.digits import make_batch as digits_batch
+
+        return digits_batch(cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
     raise ValueError(f"unknown dataset {cfg.data.dataset!r}")
 
 
@@ -122,7 +126,8 @@ def plot_loss_curve(log_path: Path, out_png: Path) -> None:
 
     rows = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["step"], r["shapes_eval"]) for r in rows if "shapes_eval" in r]
+    metric = "digits_accuracy" if any("digits_accuracy" in r for r in rows) else "shapes_eval"
+    evals = [(r["step"], r[metric]) for r in rows if metric in r]
     if not losses:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -130,8 +135,9 @@ def plot_loss_curve(log_path: Path, out_png: Path) -> None:
     ax.set_xlabel("step"), ax.set_ylabel("flow-matching loss"), ax.set_yscale("log")
     if evals:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*evals), "o-", color="tab:red", label="ShapesEval")
-        ax2.set_ylabel("ShapesEval overall"), ax2.set_ylim(0, 1)
+        label = "digit accuracy" if metric == "digits_accuracy" else "ShapesEval overall"
+        ax2.plot(*zip(*evals), "o-", color="tab:red", label=label)
+        ax2.set_ylabel(label), ax2.set_ylim(0, 1)
     ax.set_title(log_path.parent.name)
     fig.tight_layout()
     tmp = out_png.with_suffix(".tmp.png")
@@ -231,14 +237,19 @@ def _checkpoint(out: Path, step: int, model, ema, opt, cfg: Config) -> None:
 
 
 def _eval_into_log(out: Path, step: int, ema, encoder, cfg: Config, log) -> None:
-    """ShapesEval of the EMA weights at the model's default sampling settings."""
+    """The dataset's benchmark on the EMA weights at the model's default sampling settings:
+    ShapesEval for the shapes world, the judge's digit accuracy for digits."""
     try:
-        from .evaluate import shapes_eval
+        from .evaluate import digits_eval, shapes_eval
 
         t0 = time.time()
-        res = shapes_eval(ema, encoder, cfg.sample, per_category=cfg.train.eval_per_category, seed=1234)
-        log.write(json.dumps({"step": step, "shapes_eval": res["overall"], "categories": res["categories"],
-                              "eval_seconds": time.time() - t0}) + "\n")
+        if cfg.data.dataset == "digits":
+            res = digits_eval(ema, encoder, cfg.sample, per_digit=cfg.train.eval_per_category, seed=1234)
+            row = {"step": step, "digits_accuracy": res["accuracy"], "per_digit": res["per_digit"]}
+        else:
+            res = shapes_eval(ema, encoder, cfg.sample, per_category=cfg.train.eval_per_category, seed=1234)
+            row = {"step": step, "shapes_eval": res["overall"], "categories": res["categories"]}
+        log.write(json.dumps({**row, "eval_seconds": time.time() - t0}) + "\n")
         log.flush()
     except Exception:
         log.write(json.dumps({"step": step, "eval_error": traceback.format_exc(limit=2)}) + "\n")

@@ -1,0 +1,69 @@
+"""Inference precision: fp32, bf16 autocast, int8 dynamic quantization of Linear layers
+(torch.ao; weights int8, activations quantized per batch on the fly) and fp16 (GPU only).
+
+fp16 matmuls run about 350x slower than fp32 on this project's CPUs (no native
+fp16 kernels), so fp16 is refused on CPU rather than silently crawling.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+INFERENCE_PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+_int8_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    device = torch.device(device)
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(INFERENCE_PRECISIONS)}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is about 350x slower than fp32 on CPU (no fp16 kernels); use bf16 or int8 on CPU, "
+                         "fp16 on a GPU")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"int8 dynamic quantization runs on CPU only; on {device.type} use bf16 or fp16")
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a precision (int8 and fp32 run without autocast)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    # In-place updates bump a tensor's version counter: a quantized copy made before
+    # an optimizer step is stale afterwards and is rebuilt.
+    return tuple((id(p), p._version) for p in model.parameters())
+
+
+def int8_model(model: nn.Module) -> nn.Module:
+    """A dynamically int8-quantized copy of the model's Linear layers (cached while the
+    weights stay unchanged). Convolutions, norms and attention stay fp32."""
+    from torch.ao.quantization import quantize_dynamic
+
+    key = _fingerprint(model)
+    hit = _int8_cache.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch marks quantized tensor creation as deprecated in favour of torchao; the
+        # torch.ao path is still the one that ships with torch and works here.
+        warnings.simplefilter("ignore", UserWarning)
+        q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    _int8_cache[model] = (key, q)
+    return q
+
+
+def model_for(model: nn.Module, precision: str) -> nn.Module:
+    """The module to run for a precision: the model itself, or its int8 copy."""
+    return int8_model(model) if precision == "int8" else model

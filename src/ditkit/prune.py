@@ -1,0 +1,455 @@
+"""Block pruning for ditkit DiTs (SANA 1.5, Xie et al. 2025, Sec. 2.3; Razzhigaev et al.,
+ACL 2024, Sec. 5): pick K whole blocks by a score, remove them (or replace them by a
+fitted token-wise linear map), recover with a short fine-tune that distils the
+original model's velocity, save a smaller self-describing checkpoint.
+
+    from ditkit.prune import prune_model
+    result = prune_model("shapes-64", remove=2, by="influence", tune_steps=500, out_dir="pruned")
+
+Scores (ditkit.analysis): `influence` removes the blocks whose output is most
+similar to their input; `linearity` the most linear ones; `ablation` the ones
+whose removal raises the validation flow-matching loss least (measured, so
+the most faithful and the slowest).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .flow import flow_loss, interpolate, sample_time_logit_normal
+from .model import DiT, DiTBlock, LinearBlock
+
+SELECTORS = ("influence", "linearity", "ablation")
+
+
+def _check_remove(model: DiT, remove: Sequence[int]) -> list[int]:
+    depth = len(model.blocks)
+    idx = sorted({int(i) for i in remove})
+    if len(idx) != len(list(remove)):
+        raise ValueError(f"block indices to remove must be distinct, got {list(remove)}")
+    if any(not 0 <= i < depth for i in idx):
+        raise ValueError(f"block indices must be in 0..{depth - 1}, got {list(remove)}")
+    if len(idx) >= depth:
+        raise ValueError(f"cannot remove {len(idx)} of {depth} blocks: at least one must stay (0 <= K < depth)")
+    return idx
+
+
+def check_k(k: int, depth: int) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k < depth:
+        raise ValueError(f"K (blocks to remove) must be an integer with 0 <= K < depth = {depth}, got {k!r}")
+
+
+# ----------------------------------------------------------------------------
+# structural surgery
+# ----------------------------------------------------------------------------
+
+
+def remove_blocks(model: DiT, remove: Sequence[int], linear_maps: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> DiT:
+    """A new DiT without the given blocks; the other weights are copied exactly.
+
+    linear_maps {block index: (A (W, W), b (W,))}: keep those blocks as LinearBlock
+    x -> x A + b instead of dropping them (the depth then stays)."""
+    idx = _check_remove(model, remove)
+    linear_maps = linear_maps or {}
+    if set(linear_maps) - set(idx):
+        raise ValueError(f"linear maps given for blocks {sorted(set(linear_maps) - set(idx))} that are not removed")
+    cfg = model.config
+    keep = [i for i in range(cfg.depth) if i not in idx or i in linear_maps]
+    new_linear = [keep.index(i) for i in keep if i in linear_maps or i in cfg.linear_blocks]
+    new_cfg = replace(cfg, depth=len(keep), linear_blocks=tuple(new_linear))
+    new = DiT(new_cfg).to(next(model.parameters()).device)
+    state = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        if not k.startswith("blocks."):
+            out[k] = v
+            continue
+        old_i, rest = k.split(".", 2)[1:]
+        old_i = int(old_i)
+        if old_i in keep and old_i not in linear_maps:
+            out[f"blocks.{keep.index(old_i)}.{rest}"] = v
+    for old_i, (a, b) in linear_maps.items():
+        j = keep.index(old_i)
+        out[f"blocks.{j}.linear.weight"] = a.T.contiguous().to(state["final_table"].dtype)
+        out[f"blocks.{j}.linear.bias"] = b.to(state["final_table"].dtype)
+    new.load_state_dict(out, strict=True)
+    new.train(model.training)
+    return new
+
+
+class _Skip(nn.Module):
+    def forward(self, x, *args, **kwargs):
+        return x
+
+
+@contextmanager
+def skipping(model: DiT, blocks: Sequence[int]):
+    """Temporarily replace blocks by the identity (an ablation without copying the model)."""
+    saved = {i: model.blocks[i] for i in blocks}
+    try:
+        for i in blocks:
+            model.blocks[i] = _Skip()
+        yield model
+    finally:
+        for i, b in saved.items():
+            model.blocks[i] = b
+
+
+# ----------------------------------------------------------------------------
+# data for calibration, validation and recovery
+# ----------------------------------------------------------------------------
+
+
+def data_batch(dataset: str, seed: int, step: int, batch_size: int, size: int):
+    """(x0 in [-1, 1], captions) from the dataset a model was trained on."""
+    if dataset == "shapes":
+        from .data.shapes import make_batch
+    elif dataset == "digits":
+        from .data.digits import make_batch
+    else:
+        raise ValueError(f"no built-in data for dataset {dataset!r}; allowed: shapes, digits")
+    return make_batch(seed, step, batch_size, size)
+
+
+def _fixed_noise_and_time(x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(x0.shape, generator=g), sample_time_logit_normal(len(x0), generator=g)
+
+
+@torch.no_grad()
+def validation_loss(model: DiT, encoder, dataset: str, size: int, batches: int = 4, batch_size: int = 32,
+                    seed: int = 90_001, precision: str = "fp32") -> float:
+    """Flow-matching loss on fixed held-out batches (a seed training never uses), fixed noise and times."""
+    from .guidance import autocast_for
+
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for k in range(batches):
+            x0, captions = data_batch(dataset, seed, k, batch_size, size)
+            eps, t = _fixed_noise_and_time(x0, seed * 31 + k)
+            ctx, mask = encoder.encode(captions, device)
+            x0, eps, t = x0.to(device), eps.to(device), t.to(device)
+            with autocast_for(precision, device):
+                v = model(interpolate(x0, eps, t), t, ctx, mask)
+            total += float(flow_loss(v.float(), x0, eps).mean())
+    finally:
+        model.train(was)
+    return total / batches
+
+
+def ablation_losses(model: DiT, encoder, dataset: str, size: int, batches: int = 4, batch_size: int = 32,
+                    precision: str = "fp32") -> dict:
+    """The measured effect of removing each block alone: validation loss with it skipped,
+    minus the full model's. Returns {"base": float, "loss": [per block], "increase": [per block]}."""
+    base = validation_loss(model, encoder, dataset, size, batches, batch_size, precision=precision)
+    losses = []
+    for i in range(len(model.blocks)):
+        with skipping(model, [i]):
+            losses.append(validation_loss(model, encoder, dataset, size, batches, batch_size, precision=precision))
+    return {"base": base, "loss": losses, "increase": [x - base for x in losses]}
+
+
+# ----------------------------------------------------------------------------
+# choosing blocks
+# ----------------------------------------------------------------------------
+
+
+def removable_order(scores: dict, by: str) -> list[int]:
+    """Block indices from most to least removable under a selector.
+
+    scores: {"influence": [...], "linearity": [...], "ablation": [...]} per block (only
+    the one named by `by` is needed). Low influence, high linearity and low ablation
+    loss increase mean removable."""
+    if by not in SELECTORS:
+        raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(SELECTORS)}")
+    s = np.asarray(scores[by], dtype=np.float64)
+    order = np.argsort(-s if by == "linearity" else s, kind="stable")
+    return [int(i) for i in order]
+
+
+def block_scores(model: DiT, encoder, by: str, dataset: str, size: int, prompts: Sequence[str],
+                 num_timesteps: int = 8, precision: str = "fp32") -> dict:
+    """The per-block score a selector needs: from ditkit.analysis (influence, linearity),
+    or measured ablation losses."""
+    if by not in SELECTORS:
+        raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(SELECTORS)}")
+    if by == "ablation":
+        return {"ablation": ablation_losses(model, encoder, dataset, size, precision=precision)["increase"]}
+    from .analysis import analyze_dit
+
+    res = analyze_dit(model, encoder, list(prompts), num_timesteps=num_timesteps)
+    return {"influence": res["mean"]["influence"], "linearity": res["mean"]["linearity"]}
+
+
+# ----------------------------------------------------------------------------
+# linear replacement and recovery
+# ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fit_linear_maps(model: DiT, encoder, blocks: Sequence[int], dataset: str, size: int, batches: int = 4,
+                    batch_size: int = 32, seed: int = 80_001, ridge: float = 1e-4) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Least-squares token-wise affine maps Y ≈ X A + b for each block, fitted on its
+    inputs/outputs over noisy training-distribution inputs at logit-normal times.
+    A small ridge term keeps the solve stable (the residual stream is rank-deficient early)."""
+    device = next(model.parameters()).device
+    xs: dict[int, list[torch.Tensor]] = {i: [] for i in blocks}
+    ys: dict[int, list[torch.Tensor]] = {i: [] for i in blocks}
+    hooks = []
+    for i in blocks:
+        def hook(mod, args, out, i=i):
+            xs[i].append(args[0].detach().float().reshape(-1, args[0].shape[-1]).cpu())
+            ys[i].append(out.detach().float().reshape(-1, out.shape[-1]).cpu())
+        hooks.append(model.blocks[i].register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        for k in range(batches):
+            x0, captions = data_batch(dataset, seed, k, batch_size, size)
+            eps, t = _fixed_noise_and_time(x0, seed * 31 + k)
+            ctx, mask = encoder.encode(captions, device)
+            model(interpolate(x0, eps, t).to(device), t.to(device), ctx, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    maps = {}
+    for i in blocks:
+        x, y = torch.cat(xs[i]).double(), torch.cat(ys[i]).double()
+        x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        gram = x1.T @ x1
+        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=x.dtype)
+        sol = torch.linalg.solve(gram, x1.T @ y)
+        maps[i] = (sol[:-1].float(), sol[-1].float())
+    return maps
+
+
+def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, steps: int, lr: float = 2e-4,
+                  batch_size: int = 16, seed: int = 0, precision: str = "bf16", cfg_dropout: float = 0.1,
+                  log_every: int = 50, callback=None) -> list[dict]:
+    """Distil the unpruned model's velocity into the pruned one on training-distribution
+    inputs (SANA 1.5 recovers with a short fine-tune; matching the teacher's velocity
+    rather than the data target keeps its behaviour, including its unconditional branch
+    for CFG). Returns the loss log."""
+    from .train import training_autocast
+
+    if steps < 0:
+        raise ValueError(f"tune steps must be >= 0, got {steps}")
+    device = next(student.parameters()).device
+    teacher.eval()
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    log = []
+    for step in range(steps):
+        x0, captions = data_batch(dataset, seed + 70_001, step, batch_size, size)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        drop = torch.rand(len(captions), generator=g) < cfg_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        eps = torch.randn(x0.shape, generator=g)
+        t = sample_time_logit_normal(len(captions), generator=g)
+        ctx, mask = encoder.encode(captions, device)
+        xt, t = interpolate(x0, eps, t).to(device), t.to(device)
+        for group in opt.param_groups:  # short linear warmup: the first steps see a fresh optimizer
+            group["lr"] = lr * min(1.0, (step + 1) / 20)
+        with torch.no_grad(), training_autocast(precision, device):
+            target = teacher(xt, t, ctx, mask).float()
+        with training_autocast(precision, device):
+            v = student(xt, t, ctx, mask)
+        loss = torch.mean((v.float() - target) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            log.append({"step": step + 1, "distill_loss": float(loss.detach())})
+        if callback:
+            callback(step + 1, steps)
+    student.eval()
+    return log
+
+
+# ----------------------------------------------------------------------------
+# the whole recipe
+# ----------------------------------------------------------------------------
+
+
+def default_calibration_prompts(dataset: str, n: int = 16) -> list[str]:
+    if dataset == "shapes":
+        from .data.shapes import benchmark_prompts
+
+        return [p for _, p in benchmark_prompts(max(1, n // 4), 777)]
+    if dataset == "digits":
+        from .data.digits import benchmark_prompts
+
+        return benchmark_prompts(max(1, n // 10))
+    raise ValueError(f"no built-in calibration prompts for dataset {dataset!r}; pass prompts")
+
+
+def prune_model(model: str | Path, remove: int, by: str = "influence", replace_linear: bool = False,
+                tune_steps: int = 500, out_dir: str | Path | None = None, prompts: Sequence[str] | None = None,
+                lr: float = 2e-4, batch_size: int = 16, precision: str = "bf16", device: str = "cpu",
+                callback=None) -> dict:
+    """Remove `remove` blocks of a model folder / embedded model chosen by `by`, recover with
+    `tune_steps` distillation steps, and save the result to out_dir (config.json +
+    model.safetensors, recording what was removed). Returns a summary dict."""
+    from .checkpoint import read_model_config, save_model
+    from .pipeline import load
+
+    pipe = load(model, device=device)
+    teacher = pipe.model.eval()
+    depth = len(teacher.blocks)
+    check_k(remove, depth)
+    if by not in SELECTORS:
+        raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(SELECTORS)}")
+    if tune_steps < 0:
+        raise ValueError(f"tune steps must be >= 0, got {tune_steps}")
+    if prompts is not None and not list(prompts):
+        raise ValueError("the calibration prompts are empty")
+    cfg = pipe.config
+    data = cfg.get("data") or {}
+    dataset, size = data.get("dataset"), int(data.get("size", pipe.defaults.size))
+    if dataset is None:
+        raise ValueError("this model does not record its training data (config.json 'data'); "
+                         "pruning needs it for calibration and recovery")
+    prompts = list(prompts) if prompts is not None else default_calibration_prompts(dataset)
+    t0 = time.time()
+    if remove == 0:
+        scores, order, chosen = {}, list(range(depth)), []
+    else:
+        scores = block_scores(teacher, pipe.text_encoder, by, dataset, size, prompts)
+        order = removable_order(scores, by)
+        chosen = sorted(order[:remove])
+    maps = fit_linear_maps(teacher, pipe.text_encoder, chosen, dataset, size) if replace_linear and chosen else None
+    student = remove_blocks(teacher, chosen, maps)
+    score_seconds = time.time() - t0
+    t1 = time.time()
+    log = recovery_tune(student, teacher, pipe.text_encoder, dataset, size, tune_steps, lr=lr,
+                        batch_size=batch_size, precision=precision, callback=callback) if chosen else []
+    tune_seconds = time.time() - t1
+    summary = {"source": pipe.source, "removed_blocks": chosen, "by": by, "replace_linear": bool(replace_linear),
+               "depth_before": depth, "depth_after": len(student.blocks),
+               "parameters_before": sum(p.numel() for p in teacher.parameters()),
+               "parameters_after": sum(p.numel() for p in student.parameters()),
+               "tune_steps": tune_steps if chosen else 0, "tune_seconds": tune_seconds,
+               "score_seconds": score_seconds, "scores": scores, "tune_log": log}
+    if out_dir is not None:
+        src = read_model_config(Path(pipe.source))
+        extra = {k: v for k, v in src.items() if k not in ("model", "sample", "text_encoder", "format")}
+        extra["pruning"] = {k: summary[k] for k in ("source", "removed_blocks", "by", "replace_linear",
+                                                    "depth_before", "tune_steps")}
+        save_model(out_dir, student, sample=pipe.defaults, text_encoder=cfg.get("text_encoder", "minilm"), extra=extra)
+        summary["out_dir"] = str(out_dir)
+    summary["model"] = student
+    return summary
+
+
+# ----------------------------------------------------------------------------
+# diffusers transformers (PixArtTransformer2DModel, SD3Transformer2DModel)
+# ----------------------------------------------------------------------------
+
+
+def remove_diffusers_blocks(transformer: nn.Module, remove: Sequence[int]) -> nn.Module:
+    """A copy of a diffusers transformer without the given `transformer_blocks`; its config's
+    num_layers is updated so save_pretrained / from_pretrained round-trip."""
+    from .analysis import find_blocks
+
+    blocks = find_blocks(transformer)
+    depth = len(blocks)
+    idx = sorted({int(i) for i in remove})
+    if any(not 0 <= i < depth for i in idx) or len(idx) >= depth:
+        raise ValueError(f"block indices must be distinct, in 0..{depth - 1}, and leave at least one block; got {list(remove)}")
+    new = copy.deepcopy(transformer)
+    new.transformer_blocks = nn.ModuleList(b for i, b in enumerate(new.transformer_blocks) if i not in idx)
+    new.register_to_config(num_layers=len(new.transformer_blocks))
+    return new
+
+
+def _diffusers_out(transformer: nn.Module, inputs: dict, t: torch.Tensor) -> torch.Tensor:
+    return transformer(**{**inputs, "timestep": t}, return_dict=False)[0]
+
+
+def diffusers_ablation(transformer: nn.Module, inputs: dict) -> list[float]:
+    """Data-free ablation: mean squared change of the model output over the calibration
+    time bins when each block alone is skipped."""
+    from .analysis import find_blocks
+
+    blocks = find_blocks(transformer)
+    batch = inputs["hidden_states"].shape[0]
+    ts = [torch.full((batch,), float(t)) for t in inputs["timestep"]]
+    with torch.no_grad():
+        ref = [_diffusers_out(transformer, inputs, t) for t in ts]
+        costs = []
+        for i in range(len(blocks)):
+            keep = transformer.transformer_blocks
+            transformer.transformer_blocks = nn.ModuleList(b for j, b in enumerate(keep) if j != i)
+            try:
+                costs.append(float(sum(torch.mean((_diffusers_out(transformer, inputs, t) - r) ** 2)
+                                       for t, r in zip(ts, ref)) / len(ts)))
+            finally:
+                transformer.transformer_blocks = keep
+    return costs
+
+
+def prune_diffusers(path: str | Path, remove: int, by: str = "influence", tune_steps: int = 100,
+                    out_dir: str | Path | None = None, lr: float = 1e-4, seed: int = 0, callback=None) -> dict:
+    """Prune a diffusers transformer folder (save_pretrained layout) with the same selectors.
+
+    No training data travels with a bare transformer, so scoring, ablation and recovery are
+    data-free: Gaussian latents and text states over the time bins (analysis.calibration_inputs),
+    and recovery distils the unpruned model's output at random times on fresh Gaussian inputs.
+    With real latents and prompt embeddings, call analyze_diffusers / remove_diffusers_blocks directly."""
+    from .analysis import analyze_diffusers, calibration_inputs, find_blocks, load_diffusers_transformer
+
+    teacher = load_diffusers_transformer(path)
+    depth = len(find_blocks(teacher))
+    check_k(remove, depth)
+    if by not in SELECTORS:
+        raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(SELECTORS)}")
+    if tune_steps < 0:
+        raise ValueError(f"tune steps must be >= 0, got {tune_steps}")
+    inputs = calibration_inputs(teacher, seed=seed)
+    if by == "ablation":
+        scores = {"ablation": diffusers_ablation(teacher, inputs)}
+    else:
+        scores = {k: v for k, v in analyze_diffusers(teacher, inputs)["mean"].items() if k in ("influence", "linearity")}
+    chosen = sorted(removable_order(scores, by)[:remove]) if remove else []
+    student = remove_diffusers_blocks(teacher, chosen)
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    log = []
+    for step in range(tune_steps if chosen else 0):
+        fresh = calibration_inputs(teacher, num_timesteps=1, seed=seed + 1000 + step)
+        t = torch.rand(fresh["hidden_states"].shape[0], generator=g) * 1000
+        with torch.no_grad():
+            target = _diffusers_out(teacher, fresh, t)
+        loss = torch.mean((_diffusers_out(student, fresh, t) - target) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append({"step": step + 1, "distill_loss": float(loss.detach())})
+        if callback:
+            callback(step + 1, tune_steps)
+    student.eval()
+    summary = {"source": str(path), "removed_blocks": chosen, "by": by, "depth_before": depth,
+               "depth_after": len(student.transformer_blocks),
+               "parameters_before": sum(p.numel() for p in teacher.parameters()),
+               "parameters_after": sum(p.numel() for p in student.parameters()),
+               "tune_steps": tune_steps if chosen else 0, "scores": scores, "tune_log": log[-5:]}
+    if out_dir is not None:
+        student.save_pretrained(str(out_dir))
+        summary["out_dir"] = str(out_dir)
+    summary["model"] = student
+    return summary

@@ -1,0 +1,144 @@
+"""Feature caching and inference precision: threshold 0 is exact, no cache state survives
+a generation, SmoothCache schedules refuse runs they were not calibrated for, int8
+stays close to fp32 and fp16 is refused on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import ditkit
+from ditkit.cache import FirstBlockCache, SmoothSchedule, calibrate_smooth, parse_cache_spec
+from ditkit.pipeline import generate_tensor
+from ditkit.precision import check_precision, int8_model
+from test_cli import assert_one_line_error, run_cli
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow square"]
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    """A 4-block model with non-trivial blocks (so caching has something to skip)."""
+    from ditkit.checkpoint import save_model
+    from ditkit.config import SampleConfig
+    from ditkit.model import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(width=32, depth=4, heads=2, patch_size=8, stem_channels=4, sample_size=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("cache") / "model"
+    save_model(folder, model, SampleConfig(steps=6, guidance=3.0, size=32), extra={"data": {"dataset": "shapes", "size": 32}})
+    return ditkit.load(folder)
+
+
+def _gen(pipe, **kw):
+    return generate_tensor(pipe.model, pipe.text_encoder, PROMPTS, pipe.defaults, seed=1, **kw)
+
+
+def test_first_block_threshold_zero_is_exact(pipe):
+    assert torch.equal(_gen(pipe), _gen(pipe, cache="first-block:0"))
+
+
+def test_first_block_cache_skips_and_stays_close(pipe):
+    made = []
+
+    def factory():
+        made.append(FirstBlockCache(0.5))
+        return made[-1]
+
+    plain, cached = _gen(pipe), _gen(pipe, cache=factory)
+    assert len(made) == 1 and made[0].hits > 0 and made[0].hits < made[0].calls
+    assert not torch.equal(plain, cached)
+    assert (cached - plain).abs().mean() < 0.5 * plain.abs().mean()
+
+
+def test_no_cache_state_survives_a_generation(pipe):
+    spec = "first-block:0.5"
+    a1 = generate_tensor(pipe.model, pipe.text_encoder, PROMPTS[:1], pipe.defaults, seed=1, cache=spec)
+    generate_tensor(pipe.model, pipe.text_encoder, PROMPTS[1:], pipe.defaults, seed=5, cache=spec)
+    a2 = generate_tensor(pipe.model, pipe.text_encoder, PROMPTS[:1], pipe.defaults, seed=1, cache=spec)
+    assert torch.equal(a1, a2)
+    # batch-safe: identical rows in one batch stay identical (no residual crosses samples)
+    x = generate_tensor(pipe.model, pipe.text_encoder, PROMPTS[:1] * 2, pipe.defaults, seed=[3, 3], cache=spec)
+    assert torch.equal(x[0], x[1])
+
+
+def test_smooth_cache_calibration_schedule_and_refusals(pipe, tmp_path):
+    exact = calibrate_smooth(pipe.model, pipe.text_encoder, PROMPTS, pipe.defaults, alpha=0.0)
+    assert not any(map(any, exact.reuse))
+    path = tmp_path / "s.json"
+    exact.save(path)
+    assert torch.equal(_gen(pipe), _gen(pipe, cache=f"smooth:{path}"))
+    loose = calibrate_smooth(pipe.model, pipe.text_encoder, PROMPTS, pipe.defaults, alpha=10.0, max_consecutive=1)
+    assert not any(loose.reuse[0]) and any(map(any, loose.reuse))
+    assert all(not (a and b) for r1, r2 in zip(loose.reuse, loose.reuse[1:]) for a, b in zip(r1, r2))
+    loose.save(path)
+    again = SmoothSchedule.load(path)
+    assert again.reuse == loose.reuse and again.steps == 6
+    assert not torch.equal(_gen(pipe), _gen(pipe, cache=f"smooth:{path}"))
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="recalibrate"):
+        generate_tensor(pipe.model, pipe.text_encoder, PROMPTS, replace(pipe.defaults, steps=5), cache=f"smooth:{path}")
+    with pytest.raises(ValueError, match="recalibrate"):
+        generate_tensor(pipe.model, pipe.text_encoder, PROMPTS, replace(pipe.defaults, sampler="heun"),
+                        cache=f"smooth:{path}")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    for spec in ["smooth:" + str(bad), "smooth:" + str(tmp_path / "none.json"), "smooth:xyz", "first-block:abc",
+                 "first-block:-1", "teacache:0.1"]:
+        with pytest.raises(ValueError):
+            parse_cache_spec(spec)
+
+
+def test_precisions(pipe):
+    fp32 = _gen(pipe)
+    q = _gen(pipe, precision="int8")
+    assert not torch.equal(fp32, q)
+    assert (q - fp32).abs().mean() < 0.05 * fp32.abs().mean() + 1e-3
+    assert int8_model(pipe.model) is int8_model(pipe.model)  # cached while weights are unchanged
+    with pytest.raises(ValueError, match="350x"):
+        check_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="allowed"):
+        check_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="CPU only"):
+        check_precision("int8", "cuda")
+
+
+def test_int8_copy_follows_weight_updates(make_dit):
+    model = make_dit(perturb=True)
+    first = int8_model(model)
+    with torch.no_grad():
+        model.final_linear.weight.add_(1.0)
+    assert int8_model(model) is not first
+
+
+def test_cli_cache_precision_and_calibration(pipe, tmp_path, capsys):
+    src = pipe.source
+    out0, out1 = tmp_path / "a.png", tmp_path / "b.png"
+    assert run_cli(["generate", "a red circle", "-o", out0, "--model", src], capsys)[0] == 0
+    assert run_cli(["generate", "a red circle", "-o", out1, "--model", src, "--cache", "first-block:0"], capsys)[0] == 0
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(out0)), np.asarray(Image.open(out1)))
+    sched = tmp_path / "sched.json"
+    code, stdout, _ = run_cli(["cache-calibrate", src, "--steps", 4, "--alpha", 0.3, "-o", sched], capsys)
+    assert code == 0 and json.loads(stdout)["steps"] == 4
+    assert run_cli(["generate", "x", "-o", tmp_path / "c.png", "--model", src, "--steps", 4,
+                    "--cache", f"smooth:{sched}"], capsys)[0] == 0
+    for args, needle in [
+        (["--steps", 5, "--cache", f"smooth:{sched}"], "recalibrate"),
+        (["--cache", "smooth:calibrated"], "cache-calibrate"),
+        (["--cache", "warp:1"], "allowed"),
+        (["--precision", "fp16"], "350x"),
+        (["--precision", "int4"], "allowed"),
+    ]:
+        target = tmp_path / "bad.png"
+        code, _, err = run_cli(["generate", "x", "-o", target, "--model", src, *args], capsys)
+        assert_one_line_error(code, err, needle)
+        assert not target.exists()

@@ -1,0 +1,212 @@
+"""Block pruning: surgery is exact (pruning 0 blocks reproduces the model; a pruned model
+equals the original with those blocks skipped), fitted linear maps recover a linear
+block, selectors order blocks as documented, and the end-to-end recipe saves a
+smaller self-describing model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ditkit
+from ditkit.model import DiT, LinearBlock
+from ditkit.prune import (check_k, fit_linear_maps, prune_model, remove_blocks, removable_order, skipping,
+                          validation_loss)
+from test_cli import assert_one_line_error, run_cli
+
+
+def _inputs(model: DiT, seed: int = 0, batch: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    x = torch.randn(batch, c.in_channels, 32, 32, generator=g)
+    t = torch.rand(batch, generator=g)
+    ctx = torch.randn(batch, 5, c.text_dim, generator=g)
+    return x, t, ctx
+
+
+@pytest.fixture(scope="module")
+def shapes_model_dir(tmp_path_factory):
+    from ditkit.checkpoint import save_model
+    from ditkit.config import SampleConfig
+    from ditkit.model import DiTConfig
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(width=32, depth=4, heads=2, patch_size=8, stem_channels=4, sample_size=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("prune") / "model"
+    save_model(folder, model, SampleConfig(steps=2, guidance=2.0, size=32),
+               extra={"data": {"dataset": "shapes", "size": 32}})
+    return folder
+
+
+def test_pruning_nothing_reproduces_the_model_exactly(make_dit):
+    model = make_dit(perturb=True, depth=3)
+    x, t, ctx = _inputs(model)
+    same = remove_blocks(model, [])
+    assert torch.equal(model(x, t, ctx), same(x, t, ctx))
+
+
+def test_pruned_model_equals_original_with_blocks_skipped(make_dit):
+    model = make_dit(perturb=True, depth=4)
+    x, t, ctx = _inputs(model)
+    pruned = remove_blocks(model, [1, 3])
+    assert len(pruned.blocks) == 2 and pruned.config.depth == 2
+    with skipping(model, [1, 3]):
+        skipped = model(x, t, ctx)
+    assert torch.equal(pruned(x, t, ctx), skipped)
+    assert not torch.allclose(pruned(x, t, ctx), model(x, t, ctx))  # the blocks did something
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_linear_maps_recover_an_exactly_linear_block(shapes_model_dir):
+    pipe = ditkit.load(shapes_model_dir)
+    model = pipe.model
+    w = model.config.width
+    g = torch.Generator().manual_seed(3)
+    a_true, b_true = torch.eye(w) + 0.1 * torch.randn(w, w, generator=g), 0.1 * torch.randn(w, generator=g)
+    linear = remove_blocks(model, [2], {2: (a_true, b_true)})
+    assert isinstance(linear.blocks[2], LinearBlock) and linear.config.linear_blocks == (2,)
+    maps = fit_linear_maps(linear, pipe.text_encoder, [2], "shapes", 32, batches=1, batch_size=4, ridge=1e-9)
+    a, b = maps[2]
+    assert torch.allclose(a, a_true, atol=1e-3) and torch.allclose(b, b_true, atol=1e-3)
+    # the replaced model round-trips through its config
+    again = DiT(type(linear.config).from_dict(linear.config.to_dict()))
+    again.load_state_dict(linear.state_dict())
+    x, t, ctx = _inputs(linear)
+    assert torch.equal(again(x, t, ctx), linear(x, t, ctx))
+
+
+def test_selectors_order_and_bounds():
+    scores = {"influence": [0.3, 0.1, 0.2], "linearity": [0.9, 0.99, 0.5], "ablation": [0.5, 0.0, 0.01]}
+    assert removable_order(scores, "influence") == [1, 2, 0]
+    assert removable_order(scores, "linearity") == [1, 0, 2]
+    assert removable_order(scores, "ablation") == [1, 2, 0]
+    with pytest.raises(ValueError, match="allowed"):
+        removable_order(scores, "random")
+    for bad in [-1, 3, 4, 1.5]:
+        with pytest.raises(ValueError, match="0 <= K < depth"):
+            check_k(bad, 3)
+
+
+def test_prune_model_end_to_end_saves_smaller_model(shapes_model_dir, tmp_path):
+    out = tmp_path / "pruned"
+    pipe = ditkit.load(shapes_model_dir)
+    before = validation_loss(pipe.model, pipe.text_encoder, "shapes", 32, batches=1, batch_size=4)
+    res = prune_model(shapes_model_dir, 1, by="ablation", tune_steps=3, out_dir=out, batch_size=2, precision="fp32")
+    assert res["depth_after"] == 3 and len(res["removed_blocks"]) == 1
+    assert res["parameters_after"] < res["parameters_before"]
+    # ablation removes the block whose removal costs least
+    inc = res["scores"]["ablation"]
+    assert res["removed_blocks"] == [min(range(4), key=lambda i: inc[i])]
+    loaded = ditkit.load(out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["depth"] == 3 and cfg["pruning"]["removed_blocks"] == res["removed_blocks"]
+    assert cfg["data"]["dataset"] == "shapes"
+    assert loaded.generate("a red circle", steps=2)[0].size == (32, 32)
+    assert before > 0
+
+
+def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "p"
+    code, stdout, _ = run_cli(["prune", shapes_model_dir, "--remove", 1, "--by", "ablation", "--tune-steps", 2,
+                               "-o", out], capsys)
+    assert code == 0 and (out / "model.safetensors").exists()
+    assert json.loads(stdout)["depth_after"] == 3
+    for args, needle in [
+        (["--remove", 4], "0 <= K < depth"),
+        (["--remove", -1], "--remove"),
+        (["--remove", 1, "--by", "random"], "allowed"),
+        (["--remove", 1, "--tune-steps", -5], "--tune-steps"),
+    ]:
+        target = tmp_path / "bad"
+        code, _, err = run_cli(["prune", shapes_model_dir, *args, "-o", target], capsys)
+        assert_one_line_error(code, err, needle)
+        assert not target.exists() and not (tmp_path / ".bad.partial").exists()
+    code, _, err = run_cli(["prune", shapes_model_dir, "--remove", 1, "-o", out], capsys)
+    assert_one_line_error(code, err, "already exists")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    code, _, err = run_cli(["prune", shapes_model_dir, "--remove", 1, "--prompts", empty, "-o", tmp_path / "e"], capsys)
+    assert_one_line_error(code, err, "no prompts")
+    code, _, err = run_cli(["prune", tiny_model_dir, "--remove", 0, "-o", tmp_path / "nodata"], capsys)
+    assert_one_line_error(code, err, "training data")
+
+
+def test_cli_analyze_ditkit_with_ablation_truth(shapes_model_dir, tmp_path, capsys):
+    out = tmp_path / "an"
+    code, stdout, _ = run_cli(["analyze", shapes_model_dir, "--timesteps", 2, "-o", out], capsys)
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["blocks"] == 4 and set(res["rank_correlations"]) >= {"influence", "linearity"}
+    for name in ["analysis.json", "profile.png", "heatmap_linearity.png", "ablation.json", "ablation.png", "report.md"]:
+        assert (out / name).stat().st_size > 0, name
+    abl = json.loads((out / "ablation.json").read_text())
+    assert len(abl["effects"]["loss"]["increase"]) == 4
+    assert "Spearman" in (out / "report.md").read_text()
+
+
+def test_cli_analyze_diffusers_folder(tmp_path, capsys):
+    diffusers = pytest.importorskip("diffusers")
+    model = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                               out_channels=8, num_layers=3, cross_attention_dim=16,
+                                               caption_channels=12, sample_size=16, patch_size=2, norm_num_groups=1)
+    model.save_pretrained(tmp_path / "pixart")
+    code, stdout, _ = run_cli(["analyze", tmp_path / "pixart", "--timesteps", 2, "-o", tmp_path / "out"], capsys)
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["blocks"] == 3 and all(0 <= v <= 1 for v in res["mean"]["linearity"])
+
+
+def test_cli_analyze_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    for args, needle in [
+        ([shapes_model_dir, "--timesteps", 0], "--timesteps"),
+        ([shapes_model_dir, "--prompts", empty], "no prompts"),
+        ([tiny_model_dir], "--prompts"),
+        ([tmp_path / "nowhere"], "nowhere"),
+    ]:
+        code, _, err = run_cli(["analyze", *args, "-o", tmp_path / "o"], capsys)
+        assert_one_line_error(code, err, needle)
+
+
+def test_prune_replace_linear_keeps_depth_and_loads(shapes_model_dir, tmp_path):
+    out = tmp_path / "lin"
+    res = prune_model(shapes_model_dir, 2, by="influence", replace_linear=True, tune_steps=1, out_dir=out,
+                      batch_size=2, precision="fp32")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["depth"] == 4 and sorted(cfg["model"]["linear_blocks"]) == res["removed_blocks"]
+    assert res["parameters_after"] < res["parameters_before"]
+    loaded = ditkit.load(out)
+    assert sum(isinstance(b, LinearBlock) for b in loaded.model.blocks) == 2
+
+
+@pytest.mark.parametrize("by", ["influence", "ablation"])
+def test_prune_diffusers_pixart_folder(by, tmp_path, capsys):
+    diffusers = pytest.importorskip("diffusers")
+    from ditkit.prune import remove_diffusers_blocks
+
+    torch.manual_seed(0)
+    model = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                               out_channels=8, num_layers=4, cross_attention_dim=16,
+                                               caption_channels=12, sample_size=8, patch_size=2, norm_num_groups=1)
+    model.save_pretrained(tmp_path / "pixart")
+    # removing nothing is exact
+    x = dict(hidden_states=torch.randn(1, 4, 8, 8), encoder_hidden_states=torch.randn(1, 3, 12),
+             timestep=torch.tensor([500.0]), added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    with torch.no_grad():
+        assert torch.equal(remove_diffusers_blocks(model, [])(**x)[0], model(**x)[0])
+    out = tmp_path / "pruned"
+    code, stdout, _ = run_cli(["prune", tmp_path / "pixart", "--remove", 1, "--by", by, "--tune-steps", 2,
+                               "-o", out], capsys)
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["depth_after"] == 3
+    again = diffusers.PixArtTransformer2DModel.from_pretrained(str(out), low_cpu_mem_usage=False)
+    assert len(again.transformer_blocks) == 3 and again.config.num_layers == 3
+    code, _, err = run_cli(["prune", tmp_path / "pixart", "--remove", 4, "-o", tmp_path / "bad"], capsys)
+    assert_one_line_error(code, err, "0 <= K < depth")
