@@ -132,3 +132,12 @@ def test_eval_fwd_bad_input(tiny_model_dir, tmp_path, capsys):
     ]:
         code, _, err = run_cli(["eval", "fwd", *args], capsys)
         assert_one_line_error(code, err, needle)
+
+
+def test_eval_digits_reports_fwd_against_an_equal_size_real_baseline(tiny_digits_dir, tmp_path, capsys):
+    code, stdout, _ = run_cli(["eval", "digits", "--model", tiny_digits_dir, "--per-digit", 2], capsys)
+    assert code == 0
+    f = json.loads(stdout)["fwd"]
+    assert f["images"] == 20  # the real-train baseline uses as many images as were generated
+    assert f["generated_vs_test"] > f["train_vs_test"] > 0  # an untrained model is further from real digits
+    assert f["ratio"] == pytest.approx(f["generated_vs_test"] / f["train_vs_test"])

@@ -71,3 +71,25 @@ def test_embedded_default_model_draws_what_it_is_asked():
     images = pipe.generate(prompts, seed=100)
     assert all(im.size == (64, 64) for im in images)
     assert sum(score_image(im, p) for im, p in zip(images, prompts)) >= 3
+
+
+def test_model_default_guidance_interval_is_used(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    import numpy as np
+
+    import ditkit
+
+    folder = tmp_path / "interval"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["sample"].update(interval_lo=0.2, interval_hi=0.7)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    pipe, plain = ditkit.load(folder), ditkit.load(tiny_model_dir)
+    a = pipe.generate("a red circle", seed=2)[0]
+    b = plain.generate("a red circle", seed=2, guidance_interval=(0.2, 0.7))[0]
+    c = plain.generate("a red circle", seed=2)[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and not np.array_equal(np.asarray(a), np.asarray(c))
+    with pytest.raises(ValueError, match="interval"):
+        pipe.generate("x", guidance_interval=(0.8, 0.2))

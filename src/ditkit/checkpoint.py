@@ -44,6 +44,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+READABLE = 0o644  # mkstemp creates 0600 files; a saved model or image is meant to be shared
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,6 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, READABLE)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -68,6 +72,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, READABLE)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

@@ -117,10 +117,16 @@ class SampleConfig:
     shift: float = 1.0
     apg: bool = False
     size: int = 64
+    # Guidance only for t in [interval_lo, interval_hi] (Kynkäänniemi et al., NeurIPS 2024):
+    # guidance at the highest noise levels mostly costs diversity.
+    interval_lo: float = 0.0
+    interval_hi: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+        if not 0.0 <= self.interval_lo <= self.interval_hi <= 1.0:
+            raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got ({self.interval_lo}, {self.interval_hi})")
 
 
 @dataclass

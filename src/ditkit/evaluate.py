@@ -128,8 +128,8 @@ def save_digits_outputs(result: dict, out_dir: str | Path, command: str = "") ->
                           [[result["accuracy"], *result["per_digit"].values()]])
     if "fwd" in result:
         f = result["fwd"]
-        body += ("\n\n" + markdown_table(["FWD(generated, real test)", "FWD(real train, real test)", "ratio"],
-                                         [[f["generated_vs_test"], f["train_vs_test"], f["ratio"]]]))
+        body += ("\n\n" + markdown_table(["FWD(generated, real test)", f"FWD({f['images']} real train, real test)",
+                                          "ratio"], [[f["generated_vs_test"], f["train_vs_test"], f["ratio"]]]))
     write_report(out / "report.md", "Digits benchmark", command or "ditkit eval digits", [
         ("Settings", "```json\n" + json.dumps(result["settings"], indent=2) + "\n```"),
         ("Scores", body + f"\n\n{result['n']} images; the judge is an RBF SVM fit on the real training split."),

@@ -249,6 +249,7 @@ class FWDStats:
                          level=np.int64(self.level), wavelet=np.str_(self.wavelet),
                          height=np.int64(self.image_size[0]), width=np.int64(self.image_size[1]),
                          log_scale=np.bool_(self.log_scale))
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -72,7 +72,8 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int | Sequence[int], dev
 
 
 def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Sequence[str], sample: SampleConfig,
-                    seed: int | Sequence[int] = 0, apg: APG | None = None, guidance_interval: tuple[float, float] = (0.0, 1.0),
+                    seed: int | Sequence[int] = 0, apg: APG | None = None,
+                    guidance_interval: tuple[float, float] | None = None,
                     precision: str = "fp32", batch_size: int = 16,
                     callback: Callable[[int, int], None] | None = None, cache=None) -> torch.Tensor:
     """Sample one image per prompt; image i starts from the noise of seed + i (or seed[i]).
@@ -90,6 +91,8 @@ def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Seque
     if schedule is not None:
         schedule.check(sample.steps, sample.sampler, len(model.blocks))
     runner = model_for(model, precision)
+    if guidance_interval is None:  # the model's default (SampleConfig.interval_lo / interval_hi)
+        guidance_interval = (sample.interval_lo, sample.interval_hi)
     autocast_precision = "fp32" if precision == "int8" else precision
     sampler = get_sampler(sample.sampler)
     ts = timesteps(sample.steps, sample.shift)
@@ -148,9 +151,11 @@ class Pipeline:
             self._encoder = get_text_encoder(self.config.get("text_encoder", "minilm"), device=self.device)
         return self._encoder
 
-    def sample_config(self, steps=None, guidance=None, sampler=None, size=None, shift=None, apg=None) -> SampleConfig:
+    def sample_config(self, steps=None, guidance=None, sampler=None, size=None, shift=None, apg=None,
+                      interval=None) -> SampleConfig:
         d = self.defaults
-        return replace(d, steps=int(d.steps if steps is None else steps),
+        lo, hi = (d.interval_lo, d.interval_hi) if interval is None else (float(interval[0]), float(interval[1]))
+        return replace(d, steps=int(d.steps if steps is None else steps), interval_lo=lo, interval_hi=hi,
                        guidance=float(d.guidance if guidance is None else guidance),
                        sampler=d.sampler if sampler is None else sampler,
                        size=int(d.size if size is None else size),
@@ -160,7 +165,7 @@ class Pipeline:
     def generate(self, prompt: str | Sequence[str], steps: int | None = None, guidance: float | None = None,
                  apg: bool | APG | None = None, sampler: str | None = None, seed: int = 0, size: int | None = None,
                  num_images: int = 1, shift: float | None = None,
-                 guidance_interval: tuple[float, float] = (0.0, 1.0), precision: str = "fp32",
+                 guidance_interval: tuple[float, float] | None = None, precision: str = "fp32",
                  batch_size: int = 16, callback: Callable[[int, int], None] | None = None,
                  best_of: int = 1, verifier: "str | Verifier | None" = None,
                  cache: str | None = None) -> list[Image.Image]:
@@ -206,7 +211,7 @@ class Pipeline:
         return score_candidates(images, prompts, n, verifier)
 
     def _sample(self, prompts: list[str], seeds: list[int], steps=None, guidance=None, apg=None, sampler=None,
-                size=None, shift=None, guidance_interval=(0.0, 1.0), precision="fp32", batch_size=16,
+                size=None, shift=None, guidance_interval=None, precision="fp32", batch_size=16,
                 callback=None, seed=None, cache=None) -> torch.Tensor:
         from .cache import parse_cache_spec
 
