@@ -107,3 +107,18 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny") / "model"
     save_model(folder, model, SampleConfig(steps=2, guidance=2.0, size=32))
     return folder
+
+
+def save_perturbed_model(folder, sample, depth: int = 4, dataset: str | None = "shapes"):
+    """Save a 32 px model folder whose every weight is moved off its init (so every block
+    does something); config.json records `dataset` as the training data when given."""
+    from ditkit.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(width=32, depth=depth, heads=2, patch_size=8, stem_channels=4, sample_size=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    extra = {"data": {"dataset": dataset, "size": 32}} if dataset else None
+    save_model(folder, model, sample, extra=extra)
+    return folder

@@ -14,6 +14,7 @@ import ditkit
 from ditkit.cache import FirstBlockCache, SmoothSchedule, calibrate_smooth, parse_cache_spec
 from ditkit.pipeline import generate_tensor
 from ditkit.precision import check_precision, int8_model
+from conftest import save_perturbed_model
 from test_cli import assert_one_line_error, run_cli
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow square"]
@@ -22,17 +23,9 @@ PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     """A 4-block model with non-trivial blocks (so caching has something to skip)."""
-    from ditkit.checkpoint import save_model
     from ditkit.config import SampleConfig
-    from ditkit.model import DiT, DiTConfig
 
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(width=32, depth=4, heads=2, patch_size=8, stem_channels=4, sample_size=32))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    folder = tmp_path_factory.mktemp("cache") / "model"
-    save_model(folder, model, SampleConfig(steps=6, guidance=3.0, size=32), extra={"data": {"dataset": "shapes", "size": 32}})
+    folder = save_perturbed_model(tmp_path_factory.mktemp("cache") / "model", SampleConfig(steps=6, guidance=3.0, size=32))
     return ditkit.load(folder)
 
 

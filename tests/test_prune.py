@@ -14,6 +14,7 @@ import ditkit
 from ditkit.model import DiT, LinearBlock
 from ditkit.prune import (check_k, fit_linear_maps, prune_model, remove_blocks, removable_order, skipping,
                           validation_loss)
+from conftest import save_perturbed_model
 from test_cli import assert_one_line_error, run_cli
 
 
@@ -28,19 +29,9 @@ def _inputs(model: DiT, seed: int = 0, batch: int = 2):
 
 @pytest.fixture(scope="module")
 def shapes_model_dir(tmp_path_factory):
-    from ditkit.checkpoint import save_model
     from ditkit.config import SampleConfig
-    from ditkit.model import DiTConfig
 
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(width=32, depth=4, heads=2, patch_size=8, stem_channels=4, sample_size=32))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    folder = tmp_path_factory.mktemp("prune") / "model"
-    save_model(folder, model, SampleConfig(steps=2, guidance=2.0, size=32),
-               extra={"data": {"dataset": "shapes", "size": 32}})
-    return folder
+    return save_perturbed_model(tmp_path_factory.mktemp("prune") / "model", SampleConfig(steps=2, guidance=2.0, size=32))
 
 
 def test_pruning_nothing_reproduces_the_model_exactly(make_dit):

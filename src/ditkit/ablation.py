@@ -62,10 +62,9 @@ def rank_correlations(score_means: dict[str, Sequence[float]], effects: dict[str
 
 def plot_ablation(score_means: dict[str, Sequence[float]], effects: dict[str, Sequence[float]], path) -> None:
     """One panel per score: score against each block's removal cost, blocks labelled."""
-    from .reports import _atomic_write, _pyplot
-    from pathlib import Path
+    from .reports import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     names = list(score_means)
     effect_name, cost = next(iter(effects.items()))
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2))
@@ -75,5 +74,4 @@ def plot_ablation(score_means: dict[str, Sequence[float]], effects: dict[str, Se
             ax.annotate(str(i), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(name), ax.set_ylabel(f"removal cost ({effect_name})")
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)

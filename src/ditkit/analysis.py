@@ -394,11 +394,11 @@ def _depth_label(result: Mapping[str, Any]) -> str:
 def plot_profile(result: Mapping[str, Any], path: str | Path) -> None:
     """Scores over depth (averaged over time bins): the three bounded scores on the left,
     the unbounded norm ratio on the right."""
-    from .reports import _atomic_write, _pyplot
+    from .reports import pyplot, save_figure
 
     mean = result["mean"]
     xs = list(range(len(mean["linearity"])))
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name in ("linearity", "linearity_residual_removed", "influence"):
         ax.plot(xs, mean[name], "o-", label=SCORE_LABELS[name])
@@ -410,13 +410,12 @@ def plot_profile(result: Mapping[str, Any], path: str | Path) -> None:
     over = f", mean over {len(result['timesteps'])} time bins" if result.get("timesteps") else ""
     fig.suptitle(f"per-block scores ({result.get('kind', 'model')}{over})")
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_heatmap(result: Mapping[str, Any], score: str, path: str | Path) -> None:
     """A depth x time-bin heat map of one score (results of analyze_dit / analyze_diffusers)."""
-    from .reports import _atomic_write, _pyplot
+    from .reports import pyplot, save_figure
 
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
@@ -427,7 +426,7 @@ def plot_heatmap(result: Mapping[str, Any], score: str, path: str | Path) -> Non
 
     m = np.asarray(result[score], dtype=float)  # (blocks, bins)
     ts = result["timesteps"]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(ts) + 2.5), max(3.0, 0.35 * m.shape[0] + 1.5)))
     im = ax.imshow(m, aspect="auto", cmap="viridis", origin="upper")
     ax.set_xticks(range(len(ts)), [f"{t:.2f}" if t < 10 else f"{t:.0f}" for t in ts], rotation=45)
@@ -436,8 +435,7 @@ def plot_heatmap(result: Mapping[str, Any], score: str, path: str | Path) -> Non
     ax.set_title(SCORE_LABELS[score])
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_analysis(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:

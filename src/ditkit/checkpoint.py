@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -44,41 +45,41 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-READABLE = 0o644  # mkstemp creates 0600 files; a saved model or image is meant to be shared
+READABLE = 0o644  # mkstemp creates 0600 files; a saved model, image or report is meant to be shared
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], durable: bool = False,
+                 suffix: str | None = None) -> None:
+    """Write a file by calling write(tmp_path) next to the target, then renaming it into place,
+    so a failure never leaves a partial file. durable: fsync the file and its folder (for
+    checkpoints). The temporary name keeps the target's suffix (or `suffix`), so writers
+    that pick the format from the extension (PIL, matplotlib) see the right one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=path.suffix if suffix is None else suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, READABLE)
+        os.replace(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, READABLE)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=True, suffix=".tmp")
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, READABLE)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True, suffix=".tmp")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

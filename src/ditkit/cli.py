@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -206,17 +205,9 @@ def _check_output_file(path: str) -> Path:
 
 def save_image_atomic(image, path: Path) -> None:
     """Save next to the target then rename, so a failure never leaves a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .checkpoint import atomic_write
+
+    atomic_write(path, image.save)
 
 
 def _read_prompts_file(path: str) -> list[str]:
@@ -331,16 +322,21 @@ def _check_out_dir(path: str | None) -> None:
         raise UserError(f"parent folder of --out-dir {str(p.parent)!r} does not exist")
 
 
+def _eval_setup(args):
+    """Check an eval command's arguments, load its model: (pipeline, sampling settings)."""
+    _check_sampling_args(args)
+    _check_out_dir(args.out_dir)
+    pipe = _load_pipeline(args)
+    return pipe, pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift,
+                                    args.apg or None, args.guidance_interval)
+
+
 def cmd_eval_shapes(args) -> int:
     from .evaluate import save_best_of_outputs, save_eval_outputs, shapes_best_of_eval, shapes_eval
     from .guidance import APG
     from .progress import progress_bar
 
-    _check_sampling_args(args)
-    _check_out_dir(args.out_dir)
-    pipe = _load_pipeline(args)
-    sample = pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift, args.apg or None,
-                                args.guidance_interval)
+    pipe, sample = _eval_setup(args)
     if args.best_of:
         from .scaling import get_verifier
 
@@ -373,11 +369,7 @@ def cmd_eval_digits(args) -> int:
     from .data import digits
     from .evaluate import best_of_sweep, digits_eval, save_best_of_outputs, save_digits_outputs
 
-    _check_sampling_args(args)
-    _check_out_dir(args.out_dir)
-    pipe = _load_pipeline(args)
-    sample = pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift, args.apg or None,
-                                args.guidance_interval)
+    pipe, sample = _eval_setup(args)
     if sample.size != digits.SIZE:
         raise UserError(f"the digits benchmark is at {digits.SIZE}x{digits.SIZE}; got size {sample.size}")
     if args.best_of:

@@ -13,11 +13,11 @@ from typing import get_type_hints
 
 import yaml
 
+from .data import DATASETS
 from .model import DiTConfig
 
 PRECISIONS = ("fp32", "bf16")
 SAMPLER_NAMES = ("euler", "heun", "dpm2m")
-DATASETS = ("shapes", "digits")
 
 
 def coerce_fields(cls, d: dict, section: str) -> dict:

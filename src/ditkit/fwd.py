@@ -35,7 +35,6 @@ Images at the edges are uint8 (N, H, W, 3) arrays (what PIL gives) or float
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -241,20 +240,16 @@ class FWDStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz (keys mu, sigma as pytorchfwd's CLI reads them, plus the metadata); atomic."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
+        from .checkpoint import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
                 np.savez(f, format=np.int64(STATS_FORMAT), mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
                          level=np.int64(self.level), wavelet=np.str_(self.wavelet),
                          height=np.int64(self.image_size[0]), width=np.int64(self.image_size[1]),
                          log_scale=np.bool_(self.log_scale))
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FWDStats":

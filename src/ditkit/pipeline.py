@@ -24,7 +24,6 @@ from .guidance import APG, guided_velocity
 from .sampling import get_sampler, timesteps
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-from .precision import INFERENCE_PRECISIONS as PRECISIONS
 
 
 def embedded_models() -> list[str]:
@@ -249,16 +248,12 @@ class Pipeline:
 
 def _default_prompts(config: dict, n: int = 8) -> list[str]:
     """A few of the model's own benchmark prompts (for calibration), by the dataset it records."""
-    dataset = (config.get("data") or {}).get("dataset")
-    if dataset == "shapes":
-        from .data.shapes import benchmark_prompts
+    from .data import benchmark_prompts
 
-        return [p for _, p in benchmark_prompts(max(1, n // 4), 4242)]
-    if dataset == "digits":
-        from .data.digits import benchmark_prompts as digit_prompts
-
-        return digit_prompts(1)[:n]
-    raise ValueError("this model records no dataset, so there are no default calibration prompts; pass prompts")
+    prompts = benchmark_prompts((config.get("data") or {}).get("dataset"), n, seed=4242)
+    if prompts is None:
+        raise ValueError("this model records no dataset, so there are no default calibration prompts; pass prompts")
+    return prompts
 
 
 def load(name_or_path: str | Path = "shapes-64", device: str | torch.device = "cpu") -> Pipeline:

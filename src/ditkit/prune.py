@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import make_batch
 from .flow import flow_loss, interpolate, sample_time_logit_normal
-from .model import DiT, DiTBlock, LinearBlock
+from .model import DiT
 
 SELECTORS = ("influence", "linearity", "ablation")
 
@@ -109,20 +110,16 @@ def skipping(model: DiT, blocks: Sequence[int]):
 # ----------------------------------------------------------------------------
 
 
-def data_batch(dataset: str, seed: int, step: int, batch_size: int, size: int):
-    """(x0 in [-1, 1], captions) from the dataset a model was trained on."""
-    if dataset == "shapes":
-        from .data.shapes import make_batch
-    elif dataset == "digits":
-        from .data.digits import make_batch
-    else:
-        raise ValueError(f"no built-in data for dataset {dataset!r}; allowed: shapes, digits")
-    return make_batch(seed, step, batch_size, size)
-
-
-def _fixed_noise_and_time(x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(x0.shape, generator=g), sample_time_logit_normal(len(x0), generator=g)
+def _fixed_batches(encoder, dataset: str, size: int, batches: int, batch_size: int, seed: int,
+                   device: torch.device):
+    """Yields (x0, eps, t, context, mask) on device: held-out data (a seed training never uses)
+    with fixed noise and logit-normal times, the same on every call."""
+    for k in range(batches):
+        x0, captions = make_batch(dataset, seed, k, batch_size, size)
+        g = torch.Generator().manual_seed(seed * 31 + k)
+        eps, t = torch.randn(x0.shape, generator=g), sample_time_logit_normal(len(x0), generator=g)
+        ctx, mask = encoder.encode(captions, device)
+        yield x0.to(device), eps.to(device), t.to(device), ctx, mask
 
 
 @torch.no_grad()
@@ -136,11 +133,7 @@ def validation_loss(model: DiT, encoder, dataset: str, size: int, batches: int =
     model.eval()
     total = 0.0
     try:
-        for k in range(batches):
-            x0, captions = data_batch(dataset, seed, k, batch_size, size)
-            eps, t = _fixed_noise_and_time(x0, seed * 31 + k)
-            ctx, mask = encoder.encode(captions, device)
-            x0, eps, t = x0.to(device), eps.to(device), t.to(device)
+        for x0, eps, t, ctx, mask in _fixed_batches(encoder, dataset, size, batches, batch_size, seed, device):
             with autocast_for(precision, device):
                 v = model(interpolate(x0, eps, t), t, ctx, mask)
             total += float(flow_loss(v.float(), x0, eps).mean())
@@ -204,26 +197,24 @@ def fit_linear_maps(model: DiT, encoder, blocks: Sequence[int], dataset: str, si
     """Least-squares token-wise affine maps Y ≈ X A + b for each block, fitted on its
     inputs/outputs over noisy training-distribution inputs at logit-normal times.
     A small ridge term keeps the solve stable (the residual stream is rank-deficient early)."""
+    from .analysis import block_io_hooks
+
     device = next(model.parameters()).device
     xs: dict[int, list[torch.Tensor]] = {i: [] for i in blocks}
     ys: dict[int, list[torch.Tensor]] = {i: [] for i in blocks}
-    hooks = []
-    for i in blocks:
-        def hook(mod, args, out, i=i):
-            xs[i].append(args[0].detach().float().reshape(-1, args[0].shape[-1]).cpu())
-            ys[i].append(out.detach().float().reshape(-1, out.shape[-1]).cpu())
-        hooks.append(model.blocks[i].register_forward_hook(hook))
+
+    def record(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        if i in xs:
+            xs[i].append(x.reshape(-1, x.shape[-1]))
+            ys[i].append(y.reshape(-1, y.shape[-1]))
+
     was = model.training
     model.eval()
     try:
-        for k in range(batches):
-            x0, captions = data_batch(dataset, seed, k, batch_size, size)
-            eps, t = _fixed_noise_and_time(x0, seed * 31 + k)
-            ctx, mask = encoder.encode(captions, device)
-            model(interpolate(x0, eps, t).to(device), t.to(device), ctx, mask)
+        with block_io_hooks(model, record):
+            for x0, eps, t, ctx, mask in _fixed_batches(encoder, dataset, size, batches, batch_size, seed, device):
+                model(interpolate(x0, eps, t), t, ctx, mask)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was)
     maps = {}
     for i in blocks:
@@ -253,7 +244,7 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     log = []
     for step in range(steps):
-        x0, captions = data_batch(dataset, seed + 70_001, step, batch_size, size)
+        x0, captions = make_batch(dataset, seed + 70_001, step, batch_size, size)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         drop = torch.rand(len(captions), generator=g) < cfg_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -286,15 +277,12 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
 
 
 def default_calibration_prompts(dataset: str, n: int = 16) -> list[str]:
-    if dataset == "shapes":
-        from .data.shapes import benchmark_prompts
+    from .data import benchmark_prompts
 
-        return [p for _, p in benchmark_prompts(max(1, n // 4), 777)]
-    if dataset == "digits":
-        from .data.digits import benchmark_prompts
-
-        return benchmark_prompts(max(1, n // 10))
-    raise ValueError(f"no built-in calibration prompts for dataset {dataset!r}; pass prompts")
+    prompts = benchmark_prompts(dataset, n, seed=777)
+    if prompts is None:
+        raise ValueError(f"no built-in calibration prompts for dataset {dataset!r}; pass prompts")
+    return prompts
 
 
 def prune_model(model: str | Path, remove: int, by: str = "influence", replace_linear: bool = False,

@@ -4,31 +4,18 @@ report per run. Plots use the Agg backend and are written atomically."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports and plots are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from .checkpoint import atomic_write
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,10 +24,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """Write a figure as PNG atomically and free it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    pyplot().close(fig)
+
+
 def bar_plot(path: str | Path, values: dict[str, float], title: str, ylabel: str = "score",
              ylim: tuple[float, float] | None = (0.0, 1.0)) -> None:
     """One bar per key, the value printed on top."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(values) + 1.5), 3.5))
     names, vals = list(values), [float(v) for v in values.values()]
     bars = ax.bar(range(len(vals)), vals, color="tab:blue")
@@ -51,14 +44,13 @@ def bar_plot(path: str | Path, values: dict[str, float], title: str, ylabel: str
         ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel), ax.set_title(title)
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def line_plot(path: str | Path, xs: Sequence[float], series: dict[str, Sequence[float]], title: str,
               xlabel: str, ylabel: str = "score", logx: bool = False, ylim: tuple[float, float] | None = (0.0, 1.02)) -> None:
     """Several named series over the same x values."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ys in series.items():
         ax.plot(xs, ys, "o-", label=name, lw=2.2 if name == "overall" else 1.2)
@@ -70,15 +62,14 @@ def line_plot(path: str | Path, xs: Sequence[float], series: dict[str, Sequence[
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title), ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def confusion_plot(path: str | Path, confusion: Sequence[Sequence[int]], title: str) -> None:
     """Rows: prompted class, columns: predicted class."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(m, cmap="Blues")
@@ -90,8 +81,7 @@ def confusion_plot(path: str | Path, confusion: Sequence[Sequence[int]], title: 
     ax.set_xticks(range(m.shape[1])), ax.set_yticks(range(m.shape[0]))
     ax.set_xlabel("predicted"), ax.set_ylabel("prompted"), ax.set_title(title)
     fig.tight_layout()
-    _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -110,4 +100,4 @@ def write_report(path: str | Path, title: str, command: str, sections: Sequence[
     for heading, body in sections:
         parts += [f"## {heading}", "", body.strip(), ""]
     text = "\n".join(parts)
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

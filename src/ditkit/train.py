@@ -41,15 +41,9 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 def get_batch(cfg: Config, step: int) -> tuple[torch.Tensor, list[str]]:
-    if cfg.data.dataset == "shapes":
-        from .data.shapes import make_batch
+    from .data import make_batch
 
-        return make_batch(cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
-    if cfg.data.dataset == "digits":
-        from .data.digits import make_batch as digits_batch
-
-        return digits_batch(cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
-    raise ValueError(f"unknown dataset {cfg.data.dataset!r}")
+    return make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
 
 
 def lr_at(step: int, cfg: Config) -> float:

@@ -1,0 +1,31 @@
+"""Built-in datasets: the shapes world (shapes.py) and scikit-learn's real digits (digits.py)."""
+
+from __future__ import annotations
+
+DATASETS = ("shapes", "digits")
+
+
+def make_batch(dataset: str, seed: int, step: int, batch_size: int, size: int):
+    """A training batch of a built-in dataset: images (B, 3, S, S) in [-1, 1] and captions,
+    depending only on (seed, step)."""
+    if dataset == "shapes":
+        from .shapes import make_batch as batch
+    elif dataset == "digits":
+        from .digits import make_batch as batch
+    else:
+        raise ValueError(f"no built-in data for dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    return batch(seed, step, batch_size, size)
+
+
+def benchmark_prompts(dataset: str, n: int, seed: int = 0) -> list[str] | None:
+    """About n of a built-in dataset's benchmark prompts, spread over its classes (ShapesEval
+    categories, digits), for calibration; None for a dataset without built-in prompts."""
+    if dataset == "shapes":
+        from .shapes import benchmark_prompts as shapes_prompts
+
+        return [p for _, p in shapes_prompts(max(1, n // 4), seed)]
+    if dataset == "digits":
+        from .digits import benchmark_prompts as digit_prompts
+
+        return digit_prompts(max(1, n // 10))[:n]
+    return None
