@@ -222,9 +222,13 @@ def test_bad_files_raise(tmp_path):
         load_config(_yaml(tmp_path, "train: 3\n"))
 
 
-def test_shipped_config_loads_and_round_trips(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "configs" / "shapes-64.yaml"
+@pytest.mark.parametrize("name", ["shapes-64", "shapes-64-gpu", "shapes-64-inpaint", "shapes-upscale", "digits-32"])
+def test_shipped_config_loads_and_round_trips(tmp_path, name):
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     cfg = load_config(path, ["train.steps=10", "model.depth=2"])
+    from ditkit.conditions import check_task
+
+    check_task(cfg.train.task, cfg.model.cond_channels)
     assert cfg.train.steps == 10 and cfg.model.depth == 2 and cfg.model.text_dim == 384
     assert cfg.data.size == cfg.model.sample_size == cfg.sample.size
     assert Config.from_dict(cfg.to_dict()) == cfg

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     ef.set_defaults(model=None)
     ef.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
+    from .cli_edit import add_edit_parsers, add_eval_edit_parser
+
+    add_eval_edit_parser(esub)
+    add_edit_parsers(sub)
+
     i = sub.add_parser("info", help="describe a model")
     i.add_argument("model", nargs="?", default="shapes-64")
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -659,10 +664,16 @@ def main(argv: list[str] | None = None) -> int:
                 "analyze": cmd_analyze, "cache-calibrate": cmd_cache_calibrate}
     try:
         if args.command == "eval":
-            evals = {"shapes": cmd_eval_shapes, "digits": cmd_eval_digits, "fwd": cmd_eval_fwd}
+            from .cli_edit import cmd_eval_edit
+
+            evals = {"shapes": cmd_eval_shapes, "digits": cmd_eval_digits, "fwd": cmd_eval_fwd, "edit": cmd_eval_edit}
             if args.benchmark not in evals:
-                raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd")
+                raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit")
             return evals[args.benchmark](args)
+        if getattr(args, "edit_task", None):
+            from .cli_edit import cmd_edit_task
+
+            return cmd_edit_task(args)
         return handlers[args.command](args)
     except (UserError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, OSError) as e:
         if debug:

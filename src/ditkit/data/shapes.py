@@ -590,6 +590,13 @@ def make_batch(seed: int, step: int, batch_size: int, size: int = 64) -> tuple["
     The rng is np.random.default_rng([seed, step]), so a batch depends only on
     (seed, step): a resumed run sees exactly the batches it would have seen.
     """
+    images, scenes = make_scene_batch(seed, step, batch_size, size)
+    return images, [s.caption for s in scenes]
+
+
+def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64) -> tuple["torch.Tensor", list[Scene]]:
+    """make_batch's images with their Scenes (objects and boxes), for tasks that need
+    to know where the objects are (inpainting masks)."""
     import torch  # lazy: importing the data module should not pull in torch
 
     if batch_size < 1:
@@ -600,7 +607,12 @@ def make_batch(seed: int, step: int, batch_size: int, size: int = 64) -> tuple["
     scenes = [sample_scene(rng, size) for _ in range(batch_size)]
     pixels = np.stack([np.asarray(render(s.objects, size)) for s in scenes])  # (B, S, S, 3) uint8
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
-    return images, [s.caption for s in scenes]
+    return images, scenes
+
+
+def object_caption(obj: ShapeObject) -> str:
+    """The single-object caption of one drawn object ("an orange circle")."""
+    return format_caption([_clause(1, obj.color, obj.shape)])
 
 
 # --------------------------------------------------------------------------
