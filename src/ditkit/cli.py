@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
+    cv = sub.add_parser("convert", help="convert a model between ditkit and diffusers (PixArtTransformer2DModel)")
+    cv.add_argument("src", help="a ditkit model folder or embedded model name (--to diffusers), "
+                               "or a diffusers transformer folder (--to ditkit)")
+    cv.add_argument("--to", required=True, choices=("diffusers", "ditkit"), help="the output format")
+    cv.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
+    cv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
@@ -637,6 +644,20 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .interop import convert_folder
+
+    if args.to == "diffusers":
+        from .pipeline import resolve_model
+
+        resolve_model(args.src)  # a clear error for an unknown name or folder
+    elif not Path(args.src).is_dir():
+        raise UserError(f"source {args.src!r} is not a folder")
+    out = convert_folder(args.src, args.to, args.output)  # temp folder + rename: no partial output
+    print(json.dumps({"source": args.src, "to": args.to, "output": str(out)}))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .train import train
@@ -661,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"ditkit: warning: {msg}\n"
     _quiet_libraries()
     handlers = {"generate": cmd_generate, "info": cmd_info, "train": cmd_train, "prune": cmd_prune,
-                "analyze": cmd_analyze, "cache-calibrate": cmd_cache_calibrate}
+                "analyze": cmd_analyze, "cache-calibrate": cmd_cache_calibrate, "convert": cmd_convert}
     try:
         if args.command == "eval":
             from .cli_edit import cmd_eval_edit

@@ -23,6 +23,8 @@ Design choices (and why):
 - Positions: 2D axial rotary embeddings (RoPE, Su et al. 2021; as in FLUX and
   Lumina) on self-attention queries and keys. RoPE is relative, so the model
   runs at sizes other than its training size without interpolation.
+  `positions="sincos"` instead adds PixArt-alpha's fixed 2-D sin-cos table to
+  the patch tokens (with its base-size / interpolation-scale convention).
 - Query/key RMS normalisation (SD3, Esser et al. 2024) keeps attention logits
   bounded under bf16 autocast.
 - Optional ReLU linear attention (SANA, Xie et al. 2024, Sec. 2.2) with
@@ -36,6 +38,14 @@ Design choices (and why):
   PixArt-style patch embedding and linear head (diffusers-mappable).
 - The last layer is zero-initialised (DiT, Peebles & Xie 2023, Sec. 3.2), so
   an untrained model predicts v = 0 exactly.
+- PixArt-alpha compatibility: `DiTConfig(**PIXART, ...)` (stem_channels=0,
+  qk_norm=False, softmax attention, positions="sincos", cross_norm=False,
+  pooled_text=False) is exactly diffusers' PixArtTransformer2DModel without the
+  resolution/aspect micro-conditions; ditkit.interop converts the weights both
+  ways. The timestep embedding, the caption projection, the GELU(tanh) MLP and
+  the final layer already follow PixArt-alpha (see timestep_embedding), so
+  they need no options; ditkit's fused qkv / kv projections and its
+  (C, p, p) output-patch order are mapped by the converter.
 """
 
 from __future__ import annotations
@@ -48,6 +58,11 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION_KINDS = ("softmax", "linear")
+POSITION_KINDS = ("rope", "sincos")
+
+# The configuration that maps onto diffusers' PixArtTransformer2DModel (ditkit.interop).
+PIXART = dict(stem_channels=0, qk_norm=False, attention="softmax", positions="sincos", cross_norm=False,
+              pooled_text=False)
 
 
 @dataclass
@@ -70,6 +85,15 @@ class DiTConfig:
     # Indices of blocks that are token-wise affine maps (LinearBlock): what `ditkit prune
     # --replace-linear` leaves in place of a removed block (Razzhigaev et al. 2024, Sec. 5).
     linear_blocks: tuple[int, ...] = ()
+    # "rope": 2D RoPE in self-attention (ditkit). "sincos": PixArt-alpha's fixed 2-D sin-cos
+    # table added to the patch tokens; its grid is stretched to sample_size / patch_size
+    # patches at every size, then divided by pos_interpolation (PixArt's interpolation_scale).
+    positions: str = "rope"
+    pos_interpolation: float = 1.0
+    # LayerNorm (affine) before cross-attention. PixArt-alpha has none (diffusers skips norm2 there).
+    cross_norm: bool = True
+    # Add a projection of the masked-mean text states to the timestep embedding. PixArt-alpha does not.
+    pooled_text: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -83,10 +107,17 @@ class DiTConfig:
         for name in ("in_channels", "out_channels", "patch_size", "width", "depth", "heads", "text_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(f"unknown model.positions {self.positions!r}; allowed: {', '.join(POSITION_KINDS)}")
+        if not self.pos_interpolation > 0:
+            raise ValueError(f"model.pos_interpolation must be > 0, got {self.pos_interpolation}")
         if self.width % self.heads:
             raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
-        if (self.width // self.heads) % 4:
-            raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE")
+        if self.positions == "rope" and (self.width // self.heads) % 4:
+            raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE "
+                             "(or use model.positions='sincos')")
+        if self.positions == "sincos" and self.width % 4:
+            raise ValueError(f"model.width ({self.width}) must be divisible by 4 for the 2-D sin-cos table")
         if self.stem_channels < 0:
             raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
         if int(self.cond_channels) < 0:
@@ -132,7 +163,11 @@ def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT). (B,) -> (B, dim)."""
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT). (B,) -> (B, dim).
+
+    This is PixArt-alpha's convention as diffusers writes it, Timesteps(256,
+    flip_sin_to_cos=True, downscale_freq_shift=0) applied to the timestep t * 1000:
+    frequencies exp(-log(max_period) * i / half), cosines first."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = (t.float() * 1000.0)[:, None] * freqs[None]
@@ -152,6 +187,27 @@ def rope_2d(h: int, w: int, head_dim: int, device: torch.device, theta: float = 
                             torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
     angles = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=-1)
     return angles.cos(), angles.sin()
+
+
+def sincos_2d(h: int, w: int, dim: int, base_size: int, interpolation: float,
+              device: torch.device | None = None) -> torch.Tensor:
+    """PixArt-alpha's fixed 2-D sin-cos position table for an h x w token grid, (h*w, dim) float32.
+
+    As diffusers' get_2d_sincos_pos_embed: the grid is stretched to base_size
+    positions whatever its size (row r sits at r / (h / base_size) / interpolation),
+    the first dim/2 channels encode the column and the last dim/2 the row, each as
+    [sin, cos] at frequencies 1 / 10000^(k / (dim/4)). Positions in float32 and angles
+    in float64, as diffusers computes them, so the tables are bit-identical."""
+    rows = torch.arange(h, device=device, dtype=torch.float32) / (h / base_size) / interpolation
+    cols = torch.arange(w, device=device, dtype=torch.float32) / (w / base_size) / interpolation
+    ys, xs = (g.double() for g in torch.meshgrid(rows, cols, indexing="ij"))
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim / 4))
+
+    def one_axis(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.reshape(-1, 1) * omega
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    return torch.cat([one_axis(xs), one_axis(ys)], dim=1).float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -195,12 +251,14 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """rope: (cos, sin) from rope_2d, or None (positions="sincos": already in the tokens)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.kind == "softmax":
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             out = relu_linear_attention(q, k, v)
@@ -261,7 +319,8 @@ class DiTBlock(nn.Module):
         w = cfg.width
         self.norm1 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(w, cfg.heads, cfg.attention, cfg.qk_norm)
-        self.norm2 = nn.LayerNorm(w, eps=1e-6)
+        # PixArt-alpha feeds the un-normalised stream to cross-attention (cross_norm=False).
+        self.norm2 = nn.LayerNorm(w, eps=1e-6) if cfg.cross_norm else nn.Identity()
         self.cross_attn = CrossAttention(w, cfg.heads)
         self.norm3 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(w, int(w * cfg.mlp_ratio), mix_ffn=cfg.attention == "linear")
@@ -269,7 +328,7 @@ class DiTBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, w) / w**0.5)
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None, grid: tuple[int, int]) -> torch.Tensor:
         """x: (B, N, W); mod: (B, 6, W) from adaLN-single."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.scale_shift_table[None] + mod).unbind(1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1[:, None], scale1[:, None]), rope)
@@ -295,7 +354,7 @@ class LinearBlock(nn.Module):
             self.linear.bias.zero_()
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None, grid: tuple[int, int]) -> torch.Tensor:
         return self.linear(x)
 
 
@@ -307,6 +366,7 @@ class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.config = cfg
+        self._sincos: dict[tuple, torch.Tensor] = {}  # positions="sincos" tables by (rows, cols, device)
         w, p, c = cfg.width, cfg.patch_size, cfg.stem_channels
         c_in = cfg.in_channels + cfg.cond_channels
         if c > 0:
@@ -317,7 +377,7 @@ class DiT(nn.Module):
             self.patch_embed = nn.Conv2d(c_in, w, p, stride=p)
         self.t_embed = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w))
-        self.pooled_proj = nn.Linear(cfg.text_dim, w)
+        self.pooled_proj = nn.Linear(cfg.text_dim, w) if cfg.pooled_text else None
         self.adaln_single = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
         self.blocks = nn.ModuleList(LinearBlock(w) if i in cfg.linear_blocks else DiTBlock(cfg)
                                     for i in range(cfg.depth))
@@ -367,12 +427,31 @@ class DiT(nn.Module):
         """Everything before the blocks. Returns tokens (B, N, W), mod (B, 6, W), c (B, W), text (B, L, W)."""
         if self.config.stem_channels > 0:
             x = x.contiguous(memory_format=torch.channels_last)
-        tokens = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)
-        m = mask.to(context.dtype)[..., None]
-        pooled = (context * m).sum(1) / m.sum(1).clamp_min(1.0)
-        c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype)) + self.pooled_proj(pooled)
+        # contiguous(): without the stem the patch embedding is NCHW, and its transposed view would
+        # keep the whole residual stream transposed (each LayerNorm and Linear then copies it).
+        tokens = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2).contiguous()
+        if self.config.positions == "sincos":
+            # Added in fp32 and cast back, as diffusers' PatchEmbed does.
+            tokens = (tokens + self.sincos_table(x.shape[-2:], x.device)).to(tokens.dtype)
+        c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype))
+        if self.pooled_proj is not None:
+            m = mask.to(context.dtype)[..., None]
+            pooled = (context * m).sum(1) / m.sum(1).clamp_min(1.0)
+            c = c + self.pooled_proj(pooled)
         mod = self.adaln_single(c).reshape(-1, 6, self.config.width)
         return tokens, mod, c, self.text_proj(context)
+
+    def sincos_table(self, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """The (N, W) sin-cos table for an image of `size` pixels, cached per grid and device
+        (a plain dict, not a buffer: it is a fixed function of the config, not a weight)."""
+        p, cfg = self.config.patch_size, self.config
+        key = (size[0] // p, size[1] // p, str(device))
+        table = self._sincos.get(key)
+        if table is None:
+            # Built on the CPU (float64 angles; MPS has no float64), then moved.
+            table = sincos_2d(key[0], key[1], cfg.width, cfg.sample_size // p, cfg.pos_interpolation).to(device)
+            self._sincos[key] = table
+        return table
 
     def final(self, tokens: torch.Tensor, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Everything after the blocks: tokens (B, N, W) -> velocity (B, C_out, H, W)."""
@@ -426,7 +505,8 @@ class DiT(nn.Module):
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         p = self.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        rope = rope_2d(*grid, self.config.width // self.config.heads, x.device)
+        rope = rope_2d(*grid, self.config.width // self.config.heads, x.device) \
+            if self.config.positions == "rope" else None
         tokens, mod, c, text = self.embed(x, t, context, context_mask)
         block_args = (mod, text, context_mask, rope, grid)
         if block_runner is not None:
