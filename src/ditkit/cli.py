@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
     cv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
+    ds = sub.add_parser("distill", help="distil a model into a few-step student (latent consistency, guidance built in)")
+    ds.add_argument("--teacher", default="shapes-64", help="embedded model name or model folder (default shapes-64)")
+    ds.add_argument("--config", required=True, help="distillation YAML (a 'distill:' section), e.g. configs/distill-shapes.yaml")
+    ds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. distill.steps=100")
+    ds.add_argument("-o", "--output", required=True, help="output model folder (must not exist or be empty)")
+    ds.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
@@ -658,6 +665,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from .distill import distill, load_distill_config
+
+    cfg = load_distill_config(args.config, args.set)
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise UserError(f"parent folder of --output {str(out.parent)!r} does not exist")
+    print(json.dumps(distill(args.teacher, cfg, out)))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .train import train
@@ -681,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warnings.formatwarning = lambda msg, cat, *a, **k: f"ditkit: warning: {msg}\n"
     _quiet_libraries()
-    handlers = {"generate": cmd_generate, "info": cmd_info, "train": cmd_train, "prune": cmd_prune,
+    handlers = {"generate": cmd_generate, "info": cmd_info, "train": cmd_train, "prune": cmd_prune, "distill": cmd_distill,
                 "analyze": cmd_analyze, "cache-calibrate": cmd_cache_calibrate, "convert": cmd_convert}
     try:
         if args.command == "eval":
