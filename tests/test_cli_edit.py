@@ -74,3 +74,17 @@ def test_bad_input_is_one_line_exit_2_and_no_file(files, tmp_path, capsys, args,
     assert code == 2
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_eval_edit_writes_results_and_refuses_unknown_tasks(files, tmp_path, capsys):
+    out = tmp_path / "ev"
+    code, stdout, err = run(["eval", "edit", "--tasks", "vary,fuse,inpaint,outpaint", "--num", "1", "--model", files["t2i"],
+                             "--out-dir", out], capsys)
+    assert code == 0, err
+    import json
+
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["vary"]) == {"0.3", "0.9"} and "pixels/join" in res["fuse"]
+    assert 0 <= res["vary"]["0.3"]["kept_rate"] <= 1 and (out / "report.md").is_file()
+    code, _, err = run(["eval", "edit", "--tasks", "colorize", "--model", files["t2i"]], capsys)
+    assert code == 2 and "unknown edit tasks" in err

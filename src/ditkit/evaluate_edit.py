@@ -81,7 +81,9 @@ def _source_scenes(pipe, n: int, seed: int, category: str) -> list[tuple[Image.I
 
 def eval_inpaint(pipe, n: int, seed: int, examples: list) -> dict:
     rng = np.random.default_rng([seed, 1])
-    variants = {"model": ("model", 0), "blend": ("blend", 0), "blend+repaint2": ("blend", 2)}
+    variants = {"blend": ("blend", 0), "blend+repaint2": ("blend", 2)}
+    if pipe.model.config.cond_channels == 4 or pipe.companion("inpaint") is not None:
+        variants = {"model": ("model", 0), **variants}  # only where there is an inpainting model
     out = {m: {"success": 0, "seam": []} for m in variants}
     cases = 0
     for k, (src, _) in enumerate(_source_scenes(pipe, n, seed, "two_object")):
