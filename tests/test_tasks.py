@@ -266,6 +266,7 @@ def test_every_task_runs_on_real_photos_and_keeps_the_kept_region(pipes):
             out = pipes["text"].outpaint(photo, "a cat", right=photo.size[0] // 4)
             assert (np.asarray(out)[:, : photo.size[0]] == np.asarray(photo)).all(), name
             assert pipes["text"].vary(photo, strength=0.5)[0].size == (32, 32)
+            assert pipes["text"].edit(photo, "a photo", "a red circle", strength=0.6).size == (32, 32)
             assert pipes["text"].fuse(photo, _scene(), alpha=0.5).size == (32, 32)
             small = photo.resize((24, 24))
             assert pipes["upscale"].upscale(small).size == (48, 48)
