@@ -185,14 +185,19 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     return d
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def read_yaml_config(path: str | Path, overrides: list[str] | None = None, what: str = "config file") -> dict:
+    """A YAML file holding a mapping, with KEY=VALUE overrides applied; clear errors otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
+        raise ValueError(f"{what} {path} does not exist")
     try:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(d, dict):
-        raise ValueError(f"config file {path} must hold a mapping at the top level")
-    return Config.from_dict(apply_overrides(d, overrides or []))
+        raise ValueError(f"{what} {path} must hold a mapping at the top level")
+    return apply_overrides(d, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return Config.from_dict(read_yaml_config(path, overrides))

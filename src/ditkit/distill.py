@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from .config import SampleConfig, coerce_fields
 
@@ -68,17 +67,10 @@ class DistillConfig:
 
 
 def load_distill_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:
-    from .config import apply_overrides
+    from .config import read_yaml_config
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"distill config {path} does not exist")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"distill config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    d = apply_overrides(d, overrides or [])
-    section = d.get("distill", {}) if isinstance(d, dict) else None
+    d = read_yaml_config(path, overrides, what="distill config")
+    section = d.get("distill", {})
     if not isinstance(section, dict):
         raise ValueError(f"distill config {path} needs a 'distill:' mapping")
     section = dict(section)
