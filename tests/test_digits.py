@@ -69,11 +69,11 @@ def test_training_batches_come_from_the_digits_split(train_config):
     from dataclasses import replace
 
     from ditkit.config import DataConfig
-    from ditkit.train import get_batch
+    from ditkit.data import make_batch
 
     cfg = train_config()
     cfg = replace(cfg, data=DataConfig(dataset="digits", size=32))
-    x, captions = get_batch(cfg, 0)
+    x, captions = make_batch(cfg.data.dataset, cfg.train.seed, 0, cfg.train.batch_size, cfg.data.size)
     assert x.shape == (cfg.train.batch_size, 3, 32, 32)
     assert all(c.startswith("a handwritten digit") for c in captions)
     with pytest.raises(ValueError, match="allowed"):

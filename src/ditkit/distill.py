@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 
 from .config import SampleConfig, coerce_fields
+from .flow import interpolate
+from .guidance import autocast_for, pad_contexts
 
 
 @dataclass
@@ -103,18 +105,14 @@ def consistency_fn(model, x: torch.Tensor, t: torch.Tensor, context, mask) -> to
 def distill_loss(student, target, teacher, encoder, cfg: DistillConfig, x0: torch.Tensor, captions: list[str],
                  generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """One LCM step's loss for a data batch (deterministic given the generator)."""
-    from .guidance import autocast_for
-
     b = x0.shape[0]
     eps = torch.randn(x0.shape, generator=generator).to(device)
     n = torch.randint(cfg.skip, cfg.grid + 1, (b,), generator=generator).to(device)
     t_n, t_m = n.float() / cfg.grid, (n - cfg.skip).float() / cfg.grid
     x0 = x0.to(device)
-    x_n = (1 - t_n.view(-1, 1, 1, 1)) * x0 + t_n.view(-1, 1, 1, 1) * eps
+    x_n = interpolate(x0, eps, t_n)
     context, mask = encoder.encode(captions, device)
     empty, empty_mask = encoder.encode([""] * b, device)
-    from .guidance import pad_contexts
-
     both, both_mask = pad_contexts((context, mask), (empty, empty_mask))
     with torch.no_grad(), autocast_for(cfg.precision, device):
         v_c, v_u = teacher(torch.cat([x_n, x_n]), torch.cat([t_n, t_n]), both, both_mask).float().chunk(2)

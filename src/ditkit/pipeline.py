@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -49,17 +48,6 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
     arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
-
-
-def from_pil(images: Sequence[Image.Image], size: int | None = None) -> torch.Tensor:
-    """List of PIL images -> (B, 3, H, W) in [-1, 1], resized to size x size if given."""
-    out = []
-    for im in images:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
-    return torch.stack(out)
 
 
 def initial_noise(n: int, shape: tuple[int, ...], seed: int | Sequence[int], device: torch.device) -> torch.Tensor:

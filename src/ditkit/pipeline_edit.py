@@ -13,8 +13,11 @@ import torch
 from PIL import Image
 
 from . import tasks
+from .conditions import inpaint_condition, upscale_condition
 from .images import (ImageLike, check_strength, load_image, load_mask, mask_tensor, paste_kept, to_tensor,
                      working_size)
+from .sampling import get_sampler
+from .sampling import sample as integrate
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -107,8 +110,6 @@ class EditMethods:
         ts = tasks.partial_schedule(sample, t_max)
         noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]))
         target = tasks.text_velocity(self.model, self.text_encoder, [prompt], sample, precision=precision)
-        from .sampling import get_sampler
-
         return self._to_pil(get_sampler(sample.sampler)(target, noise, ts))[0]
 
     # -- inpainting and outpainting -----------------------------------------------------------
@@ -132,14 +133,11 @@ class EditMethods:
         sample = pipe.sample_config(steps=steps, guidance=guidance, sampler=sampler, shift=shift)
         eps = self._noise(1, tuple(x0.shape[1:]), seed)
         if use_model:
-            from .conditions import inpaint_condition
-            from .sampling import get_sampler, timesteps
-
             vel = tasks.text_velocity(pipe.model, pipe.text_encoder, [prompt], sample, precision=precision,
                                       cond=inpaint_condition(x0, fill), window=window)
             if resample:
                 return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
-            return get_sampler(sample.sampler)(vel, eps, timesteps(sample.steps, sample.shift))
+            return sample_with(vel, eps, sample)
         vel = tasks.text_velocity(pipe.model, pipe.text_encoder, [prompt], sample, precision=precision, window=window)
         return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
 
@@ -245,8 +243,6 @@ class EditMethods:
         noises = [tasks.invert(tasks.text_velocity(self.model, enc, [pr], sample, guidance=1.0, precision=precision),
                                x, len(ts) - 1, float(ts[0])) for x, pr in zip(xs, (prompt_a, prompt_b))]
         noise = tasks.slerp(noises[0], noises[1], a)
-        from .sampling import get_sampler
-
         return self._to_pil(get_sampler(sample.sampler)(vel, noise, ts))[0]
 
     # -- upscaling ---------------------------------------------------------------------------
@@ -267,16 +263,18 @@ class EditMethods:
         ww, hh = max(q, int(w / q + 0.5) * q), max(q, int(h / q + 0.5) * q)
         if (ww, hh) != (w, h):
             warnings.warn(f"image of {w}x{h} resized to {ww}x{hh} (sides must be multiples of {q})")
-        from .conditions import upscale_condition
-        from .sampling import get_sampler, timesteps
-
         low = to_tensor(im, (ww, hh)).to(self.device)
         cond = upscale_condition(low)
         eps = self._noise(1, tuple(cond.shape[1:]), seed)
         window = 2 * self.model.config.sample_size
         vel = tasks.text_velocity(self.model, self.text_encoder, [prompt], sample, precision=precision, cond=cond,
                                   window=window)
-        return self._to_pil(get_sampler(sample.sampler)(vel, eps, timesteps(sample.steps, sample.shift)))[0]
+        return self._to_pil(sample_with(vel, eps, sample))[0]
+
+
+def sample_with(velocity, noise: torch.Tensor, settings) -> torch.Tensor:
+    """A full t = 1 -> 0 run with a SampleConfig's sampler, steps and shift."""
+    return integrate(velocity, noise, settings.sampler, settings.steps, settings.shift)
 
 
 def bicubic_upscale(image: ImageLike) -> Image.Image:

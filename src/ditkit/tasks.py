@@ -27,8 +27,9 @@ from typing import Sequence
 import torch
 
 from .config import SampleConfig
+from .flow import interpolate
 from .guidance import APG, Velocity, guided_velocity, pad_contexts
-from .sampling import get_sampler, timesteps
+from .sampling import get_sampler, sample_euler, timesteps
 
 
 class TaskModel(torch.nn.Module):
@@ -96,10 +97,6 @@ def text_velocity(model: torch.nn.Module, encoder, prompts: Sequence[str], sampl
     return guided_velocity(net, c, u, scale, apg, (sample.interval_lo, sample.interval_hi), precision)
 
 
-def path_point(x0: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
-    return (1 - t) * x0 + t * eps
-
-
 def partial_schedule(sample: SampleConfig, strength: float) -> torch.Tensor:
     """The sampling times from t = strength down to 0, with about steps * strength steps
     (diffusers' img2img convention: strength 1 spends all steps)."""
@@ -112,19 +109,15 @@ def sdedit(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, strength: fl
     if strength <= 0:
         return x0.clone()
     ts = partial_schedule(sample, strength)
-    return get_sampler(sample.sampler)(velocity, path_point(x0, eps, float(ts[0])), ts)
+    return get_sampler(sample.sampler)(velocity, interpolate(x0, eps, float(ts[0])), ts)
 
 
 @torch.no_grad()
 def invert(velocity: Velocity, x0: torch.Tensor, steps: int, t_max: float = 1.0) -> torch.Tensor:
     """Integrate dx/dt = v from the image at t = 0 up to t_max (Euler): the noise that the
     sampler would carry back to (approximately) this image."""
-    ts = torch.linspace(0.0, t_max, steps + 1, dtype=torch.float64)
-    x = x0
-    for i in range(steps):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        x = x + (t_next - t) * velocity(x, t)
-    return x
+    # sample_euler only steps x + (t_next - t) v: an increasing grid integrates forwards.
+    return sample_euler(velocity, x0, torch.linspace(0.0, t_max, steps + 1, dtype=torch.float64))
 
 
 def masked_velocity(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, fill: torch.Tensor) -> Velocity:
@@ -145,7 +138,7 @@ def blend_inpaint(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, fill:
     extra times, so the hole is re-generated with the kept region's information."""
     v = masked_velocity(velocity, x0, eps, fill)
     ts = timesteps(sample.steps, sample.shift)
-    x = path_point(x0, eps, float(ts[0]))
+    x = interpolate(x0, eps, float(ts[0]))
     if resample <= 0:
         return get_sampler(sample.sampler)(v, x, ts)
     for i in range(len(ts) - 1):
@@ -160,7 +153,7 @@ def blend_inpaint(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, fill:
             s = math.sqrt(max(t * t - (a * t_next) ** 2, 0.0))
             z = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
             renoised = a * x + s * z
-            x = fill * renoised + (1 - fill) * path_point(x0, eps, t)
+            x = fill * renoised + (1 - fill) * interpolate(x0, eps, t)
     return x
 
 

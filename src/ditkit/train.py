@@ -24,11 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checkpoint import STATE_FILE, load_train_state, save_model, save_train_state
+from .conditions import check_task, downsample, inpaint_condition, inpaint_training_masks, upscale_condition
 from .config import Config
+from .data import make_batch
 from .encoders import get_text_encoder
 from .flow import flow_loss, interpolate, sample_time_logit_normal
 from .guidance import autocast_for
@@ -40,12 +43,6 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
 
 
-def get_batch(cfg: Config, step: int) -> tuple[torch.Tensor, list[str]]:
-    from .data import make_batch
-
-    return make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, cfg.data.size)
-
-
 def step_size(cfg: Config, step: int) -> int:
     """The image side of step `step`: an upscaler alternates its two scales (S/2 -> S, S -> 2S)."""
     return cfg.data.size * 2 if cfg.train.task == "upscale" and step % 2 else cfg.data.size
@@ -55,9 +52,6 @@ def step_batch(cfg: Config, step: int) -> dict:
     """Everything random about step `step`, drawn on the CPU from generators seeded by
     (seed, step) alone: images x0, captions (after caption dropout), noise, times, and the
     conditioning image of an inpainting or upscaling model. Data workers call this too."""
-    from .conditions import downsample, inpaint_condition, inpaint_training_masks, upscale_condition
-    from .data import make_batch
-
     task, size = cfg.train.task, step_size(cfg, step)
     scenes = None
     if task == "inpaint" and cfg.data.dataset == "shapes":
@@ -69,8 +63,6 @@ def step_batch(cfg: Config, step: int) -> dict:
         x0, captions = make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, size)
     cond = None
     if task == "inpaint":
-        import numpy as np
-
         mask, captions = inpaint_training_masks(np.random.default_rng([cfg.train.seed, step, 2]), size, scenes, captions)
         cond = inpaint_condition(x0, mask)
     elif task == "upscale":
@@ -218,8 +210,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         raise ValueError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it "
                          "or choose another train.output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    from .conditions import check_task
-
     check_task(cfg.train.task, cfg.model.cond_channels)
     torch.manual_seed(cfg.train.seed)
     if device.type == "cuda":
