@@ -49,8 +49,9 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.15)
     p.add_argument("--schedule", default="runs/cache_schedule.json")
     p.add_argument("--flash", help="a distilled student (e.g. runs/shapes-64-flash): adds rows at 1, 2 and 4 steps")
-    p.add_argument("--rows", default="teacher,teacher4,cache,smooth,bf16,int8,flash",
-                   help="subset of teacher,teacher4,cache,smooth,bf16,int8,flash (teacher is always first)")
+    p.add_argument("--rows", default="teacher,teacher4,cache,smooth,bf16,int8,best,flash",
+                   help="subset of teacher,teacher4,cache,smooth,bf16,int8,best,flash (teacher is always first; "
+                        "best = int8 with the first-block cache at the last threshold)")
     p.add_argument("--json")
     args = p.parse_args()
     wanted = set(args.rows.split(",")) | {"teacher"}
@@ -82,6 +83,9 @@ def main() -> None:
         rows.append(("bf16", pipe, base, "bf16", None))
     if "int8" in wanted:
         rows.append(("int8", pipe, base, "int8", None))
+    if "best" in wanted:  # the fastest options together: int8 plus the first-block cache at the last threshold
+        th = float(args.thresholds.split(",")[-1])
+        rows.append((f"int8 + first-block cache {th}", pipe, base, "int8", lambda: FirstBlockCache(th)))
     results = []
     for name, runner, sample, precision, cache in rows:
         t1 = seconds_per_image(runner, sample, 1, precision, cache, args.repeats)

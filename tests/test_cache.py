@@ -135,3 +135,24 @@ def test_cli_cache_precision_and_calibration(pipe, tmp_path, capsys):
         code, _, err = run_cli(["generate", "x", "-o", target, "--model", src, *args], capsys)
         assert_one_line_error(code, err, needle)
         assert not target.exists()
+
+
+def test_training_falls_back_to_fp32_where_bf16_is_emulated(monkeypatch):
+    """bf16 autocast on a CPU without native bf16 (AVX2 only) is ~100x slower than fp32:
+    training, distillation and pruning recovery use fp32 there, with a warning."""
+    import ditkit.precision as precision
+
+    monkeypatch.setattr(precision, "_warned_slow_bf16", False)
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert precision.training_precision("bf16", "cpu") == "fp32"
+    assert precision.training_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: True)
+    assert precision.training_precision("bf16", "cpu") == "bf16"
+
+
+def test_bf16_speed_probe():
+    from ditkit.precision import bf16_is_fast
+
+    assert bf16_is_fast("cuda") is True  # GPUs have native bf16 (no probe needed)
+    assert isinstance(bf16_is_fast("cpu"), bool)

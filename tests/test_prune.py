@@ -104,14 +104,20 @@ def test_prune_model_end_to_end_saves_smaller_model(shapes_model_dir, tmp_path):
 def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "p"
     code, stdout, _ = run_cli(["prune", shapes_model_dir, "--remove", 1, "--by", "ablation", "--tune-steps", 2,
+                               "--batch-size", 2, "--distill-guidance", "--feature-weight", 0.5, "--precision", "fp32",
                                "-o", out], capsys)
     assert code == 0 and (out / "model.safetensors").exists()
-    assert json.loads(stdout)["depth_after"] == 3
+    summary = json.loads(stdout)
+    assert summary["depth_after"] == 3
+    assert summary["recovery"]["feature_weight"] == 0.5 and summary["recovery"]["guidance"] == 2.0
     for args, needle in [
         (["--remove", 4], "0 <= K < depth"),
         (["--remove", -1], "--remove"),
         (["--remove", 1, "--by", "random"], "allowed"),
         (["--remove", 1, "--tune-steps", -5], "--tune-steps"),
+        (["--remove", 1, "--batch-size", 0], "--batch-size"),
+        (["--remove", 1, "--feature-weight", -1], "--feature-weight"),
+        (["--remove", 1, "--precision", "fp16"], "allowed: fp32, bf16"),
     ]:
         target = tmp_path / "bad"
         code, _, err = run_cli(["prune", shapes_model_dir, *args, "-o", target], capsys)
@@ -201,3 +207,60 @@ def test_prune_diffusers_pixart_folder(by, tmp_path, capsys):
     assert len(again.transformer_blocks) == 3 and again.config.num_layers == 3
     code, _, err = run_cli(["prune", tmp_path / "pixart", "--remove", 4, "-o", tmp_path / "bad"], capsys)
     assert_one_line_error(code, err, "0 <= K < depth")
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"guidance": 4.0},
+    {"feature_weight": 1.0},
+    {"guidance": 3.0, "feature_weight": 1.0, "times": "uniform", "lr_decay": True, "ema_decay": 0.9},
+])
+def test_recovery_of_an_exact_copy_is_a_fixed_point(shapes_model_dir, options):
+    """Distilling a model into an identical copy: every loss term is zero, so no weight moves
+    (AdamW without weight decay takes zero steps on zero gradients), with any recovery option."""
+    import copy
+
+    from ditkit.prune import recovery_tune
+
+    pipe = ditkit.load(shapes_model_dir)
+    teacher = pipe.model.eval()
+    student = copy.deepcopy(teacher)
+    depth = len(teacher.blocks)
+    log = recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 3, batch_size=2, precision="fp32",
+                        log_every=1, kept=list(range(depth)), **options)
+    assert len(log) == 3
+    for entry in log:
+        assert entry["distill_loss"] == 0.0
+        if options.get("feature_weight"):
+            assert entry["feature_loss"] == 0.0
+    for p, q in zip(student.parameters(), teacher.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_recovery_features_and_guidance_lower_the_loss_they_measure(shapes_model_dir):
+    """With blocks removed, the recovery terms are positive and a few steps lower them."""
+    from ditkit.prune import recovery_tune
+
+    pipe = ditkit.load(shapes_model_dir)
+    teacher = pipe.model.eval()
+    student = remove_blocks(teacher, [1])
+    log = recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 12, batch_size=4, precision="fp32",
+                        lr=1e-3, log_every=1, kept=[0, 2, 3], guidance=3.0, feature_weight=1.0, seed=5)
+    assert log[0]["feature_loss"] > 0 and log[0]["velocity_loss"] > 0
+    first = sum(e["distill_loss"] for e in log[:3])
+    last = sum(e["distill_loss"] for e in log[-3:])
+    assert last < first
+
+
+def test_recovery_bad_options(shapes_model_dir):
+    from ditkit.prune import recovery_tune
+
+    pipe = ditkit.load(shapes_model_dir)
+    teacher = pipe.model.eval()
+    student = remove_blocks(teacher, [1])
+    with pytest.raises(ValueError, match="allowed: uniform, logit-normal"):
+        recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, times="cosine")
+    with pytest.raises(ValueError, match="kept"):
+        recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, feature_weight=1.0)
+    with pytest.raises(ValueError, match="kept"):
+        recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, feature_weight=1.0, kept=[0, 1])

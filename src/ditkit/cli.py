@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tune-steps", type=int, default=500, help="recovery fine-tune steps (default 500)")
     pr.add_argument("--prompts", help="calibration prompts file, one per line (default: the model's benchmark)")
     pr.add_argument("--lr", type=float, default=2e-4)
+    pr.add_argument("--batch-size", type=int, default=16, help="recovery batch size (default 16)")
+    pr.add_argument("--feature-weight", type=float, default=None,
+                    help="also match each kept block's output to the original's, with this weight (default 0: velocity only)")
+    pr.add_argument("--distill-guidance", action="store_true",
+                    help="distil the CFG-guided velocity at the model's guidance scale (twice the cost per step)")
+    pr.add_argument("--precision", default="bf16",
+                    help="recovery autocast (default bf16; fp32 where the CPU has no native bf16)")
     pr.add_argument("-o", "--output", required=True, help="output model folder (must not exist)")
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -614,6 +621,17 @@ def cmd_prune(args) -> int:
         raise UserError(f"--remove must be >= 0, got {args.remove}")
     if args.tune_steps < 0:
         raise UserError(f"--tune-steps must be >= 0, got {args.tune_steps}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.precision not in ("fp32", "bf16"):
+        raise UserError(f"unknown --precision {args.precision!r}; allowed: fp32, bf16")
+    if args.feature_weight is not None and not args.feature_weight >= 0:
+        raise UserError(f"--feature-weight must be >= 0, got {args.feature_weight}")
+    recovery = {}
+    if args.feature_weight is not None:
+        recovery["feature_weight"] = args.feature_weight
+    if args.distill_guidance:
+        recovery["guidance"] = "model"
     out = Path(args.output)
     if out.exists():
         raise UserError(f"output {args.output!r} already exists; choose a new folder")
@@ -638,7 +656,8 @@ def cmd_prune(args) -> int:
                 summary = prune_diffusers(args.model, args.remove, args.by, args.tune_steps, tmp, callback=cb)
             else:
                 summary = prune_model(args.model, args.remove, args.by, args.replace_linear, args.tune_steps, tmp,
-                                      prompts=prompts, lr=args.lr, device=args.device, callback=cb)
+                                      prompts=prompts, lr=args.lr, device=args.device, callback=cb,
+                                      batch_size=args.batch_size, precision=args.precision, recovery=recovery)
         os.replace(tmp, out)
     except BaseException:
         import shutil

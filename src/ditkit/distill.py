@@ -36,6 +36,7 @@ import torch
 from .config import SampleConfig, coerce_fields
 from .flow import interpolate
 from .guidance import autocast_for, pad_contexts
+from .precision import training_precision
 
 
 @dataclass
@@ -135,6 +136,7 @@ def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bo
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {out} already exists and is not empty")
     device = torch.device(cfg.device)
+    cfg = replace(cfg, precision=training_precision(cfg.precision, device))
     pipe = load(teacher_name, device=device)
     teacher = pipe.model.eval().requires_grad_(False)
     if teacher.config.cond_channels:

@@ -28,6 +28,7 @@ from torch import nn
 from .data import make_batch
 from .flow import flow_loss, interpolate, sample_time_logit_normal
 from .model import DiT
+from .precision import training_precision
 
 SELECTORS = ("influence", "linearity", "ablation")
 
@@ -227,46 +228,118 @@ def fit_linear_maps(model: DiT, encoder, blocks: Sequence[int], dataset: str, si
     return maps
 
 
+RECOVERY_TIMES = ("uniform", "logit-normal")
+# prune_model's recovery recipe (recovery_tune's options; guidance "model" = the model's
+# sampling guidance). Measured on shapes-64: docs/benchmarks.md, "Block pruning".
+DEFAULT_RECOVERY: dict = {}  # plain velocity distillation: the options below did not beat it here
+
+
+def _run_blocks_recording(states: list):
+    """A DiT block_runner that appends every block's output tokens (with their graph) to `states`."""
+    def runner(blocks, tokens, block_args):
+        for blk in blocks:
+            tokens = blk(tokens, *block_args)
+            states.append(tokens)
+        return tokens
+    return runner
+
+
 def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, steps: int, lr: float = 2e-4,
                   batch_size: int = 16, seed: int = 0, precision: str = "bf16", cfg_dropout: float = 0.1,
-                  log_every: int = 50, callback=None) -> list[dict]:
+                  log_every: int = 50, callback=None, kept: Sequence[int] | None = None,
+                  guidance: float = 0.0, feature_weight: float = 0.0, times: str = "logit-normal",
+                  lr_decay: bool = False, ema_decay: float = 0.0) -> list[dict]:
     """Distil the unpruned model's velocity into the pruned one on training-distribution
     inputs (SANA 1.5 recovers with a short fine-tune; matching the teacher's velocity
     rather than the data target keeps its behaviour, including its unconditional branch
-    for CFG). Returns the loss log."""
+    for CFG). Returns the loss log.
+
+    Options (all off by default, which is the plain velocity distillation):
+    - guidance > 1: every image is run with and without its caption, and the loss is the
+      error of the unconditional velocity plus that of the guided velocity
+      v_u + g (v_c - v_u) the sampler actually follows (divided by g^2); CFG multiplies
+      the error of the difference by g, so this is where the pruned model must be exact.
+    - feature_weight > 0 with `kept` (the teacher's index of each student block): also
+      match each student block's output tokens to the teacher's output of the same block,
+      normalised by the teacher's mean square (feature-level distillation, as BK-SDM does
+      for pruned U-Nets); this tells each remaining block what to do, not only the head.
+    - times: "uniform" matches the Euler sampler's uniform grid; "logit-normal" the trainer's.
+    - lr_decay: linear decay to zero after the warmup, so the last iterate is not noisy.
+    - ema_decay > 0: keep an EMA of the student and copy it in at the end (the teacher is
+      itself an EMA model)."""
     from .train import training_autocast
 
     if steps < 0:
         raise ValueError(f"tune steps must be >= 0, got {steps}")
+    if times not in RECOVERY_TIMES:
+        raise ValueError(f"unknown recovery time sampling {times!r}; allowed: {', '.join(RECOVERY_TIMES)}")
+    if feature_weight > 0 and (kept is None or len(kept) != len(student.blocks)):
+        raise ValueError("feature matching needs `kept`: the teacher's block index of every student block")
     device = next(student.parameters()).device
+    precision = training_precision(precision, device)
     teacher.eval()
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in student.parameters()] if ema_decay > 0 else None
+    warmup = 20
     log = []
     for step in range(steps):
         x0, captions = make_batch(dataset, seed + 70_001, step, batch_size, size)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         drop = torch.rand(len(captions), generator=g) < cfg_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         eps = torch.randn(x0.shape, generator=g)
-        t = sample_time_logit_normal(len(captions), generator=g)
+        if times == "uniform":
+            t = torch.rand(len(captions), generator=g)
+        else:
+            t = sample_time_logit_normal(len(captions), generator=g)
+        xt = interpolate(x0, eps, t)
+        if guidance > 1:  # each image with its caption, then without (the sampler's CFG batch)
+            captions = list(captions) + [""] * len(captions)
+            xt, t = torch.cat([xt, xt]), torch.cat([t, t])
+        else:
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         ctx, mask = encoder.encode(captions, device)
-        xt, t = interpolate(x0, eps, t).to(device), t.to(device)
-        for group in opt.param_groups:  # short linear warmup: the first steps see a fresh optimizer
-            group["lr"] = lr * min(1.0, (step + 1) / 20)
+        xt, t = xt.to(device), t.to(device)
+        scale = min(1.0, (step + 1) / warmup)  # short linear warmup: the first steps see a fresh optimizer
+        if lr_decay and steps > warmup:
+            scale *= min(1.0, (steps - step) / (steps - warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        t_states: list[torch.Tensor] = []
+        s_states: list[torch.Tensor] = []
+        features = feature_weight > 0
         with torch.no_grad(), training_autocast(precision, device):
-            target = teacher(xt, t, ctx, mask).float()
+            target = teacher(xt, t, ctx, mask, block_runner=_run_blocks_recording(t_states) if features else None).float()
         with training_autocast(precision, device):
-            v = student(xt, t, ctx, mask)
-        loss = torch.mean((v.float() - target) ** 2)
+            v = student(xt, t, ctx, mask, block_runner=_run_blocks_recording(s_states) if features else None).float()
+        if guidance > 1:
+            n = len(v) // 2
+            guided = lambda u: u[n:] + guidance * (u[:n] - u[n:])  # noqa: E731
+            loss = torch.mean((v[n:] - target[n:]) ** 2) + torch.mean((guided(v) - guided(target)) ** 2) / guidance**2
+        else:
+            loss = torch.mean((v - target) ** 2)
+        entry = {"step": step + 1, "velocity_loss": float(loss.detach())}
+        if features:
+            feat = sum(torch.mean((s.float() - t_states[i].float()) ** 2) / t_states[i].float().pow(2).mean().clamp_min(1e-8)
+                       for s, i in zip(s_states, kept)) / len(s_states)
+            loss = loss + feature_weight * feat
+            entry["feature_loss"] = float(feat.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in student.parameters()], 1 - ema_decay)
+        entry["distill_loss"] = float(loss.detach())
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            log.append({"step": step + 1, "distill_loss": float(loss.detach())})
+            log.append(entry)
         if callback:
             callback(step + 1, steps)
+    if ema is not None and steps:
+        with torch.no_grad():
+            for p, e in zip(student.parameters(), ema):
+                p.copy_(e)
     student.eval()
     return log
 
@@ -288,7 +361,7 @@ def default_calibration_prompts(dataset: str, n: int = 16) -> list[str]:
 def prune_model(model: str | Path, remove: int, by: str = "influence", replace_linear: bool = False,
                 tune_steps: int = 500, out_dir: str | Path | None = None, prompts: Sequence[str] | None = None,
                 lr: float = 2e-4, batch_size: int = 16, precision: str = "bf16", device: str = "cpu",
-                callback=None) -> dict:
+                callback=None, recovery: dict | None = None) -> dict:
     """Remove `remove` blocks of a model folder / embedded model chosen by `by`, recover with
     `tune_steps` distillation steps, and save the result to out_dir (config.json +
     model.safetensors, recording what was removed). Returns a summary dict."""
@@ -323,14 +396,19 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
     student = remove_blocks(teacher, chosen, maps)
     score_seconds = time.time() - t0
     t1 = time.time()
+    kept = [i for i in range(depth) if i not in chosen or maps]  # the teacher block behind each student block
+    options = {**DEFAULT_RECOVERY, **(recovery or {})}
+    if options.get("guidance") == "model":
+        options["guidance"] = pipe.defaults.guidance
     log = recovery_tune(student, teacher, pipe.text_encoder, dataset, size, tune_steps, lr=lr,
-                        batch_size=batch_size, precision=precision, callback=callback) if chosen else []
+                        batch_size=batch_size, precision=precision, callback=callback, kept=kept,
+                        **options) if chosen else []
     tune_seconds = time.time() - t1
     summary = {"source": pipe.source, "removed_blocks": chosen, "by": by, "replace_linear": bool(replace_linear),
                "depth_before": depth, "depth_after": len(student.blocks),
                "parameters_before": sum(p.numel() for p in teacher.parameters()),
                "parameters_after": sum(p.numel() for p in student.parameters()),
-               "tune_steps": tune_steps if chosen else 0, "tune_seconds": tune_seconds,
+               "tune_steps": tune_steps if chosen else 0, "tune_seconds": tune_seconds, "recovery": options if chosen else {},
                "score_seconds": score_seconds, "scores": scores, "tune_log": log}
     if out_dir is not None:
         src = read_model_config(Path(pipe.source))

@@ -16,6 +16,7 @@ used through `net` and each process would draw its own step-seeded shard.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -36,6 +37,7 @@ from .encoders import get_text_encoder
 from .flow import flow_loss, interpolate, sample_time_logit_normal
 from .guidance import autocast_for
 from .model import DiT, count_parameters
+from .precision import training_precision
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -205,6 +207,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     steps in this call (used by tests to simulate a kill)."""
     out = Path(cfg.train.output_dir)
     device = torch.device(cfg.train.device)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, precision=training_precision(cfg.train.precision, device)))
     state_path = out / STATE_FILE
     if state_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it "
