@@ -244,6 +244,12 @@ def _run_blocks_recording(states: list):
     return runner
 
 
+def _guided(v: torch.Tensor, g: float) -> torch.Tensor:
+    """CFG's velocity v_u + g (v_c - v_u) of a batch laid out as [conditional; unconditional]."""
+    n = len(v) // 2
+    return v[n:] + g * (v[:n] - v[n:])
+
+
 def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, steps: int, lr: float = 2e-4,
                   batch_size: int = 16, seed: int = 0, precision: str = "bf16", cfg_dropout: float = 0.1,
                   log_every: int = 50, callback=None, kept: Sequence[int] | None = None,
@@ -314,8 +320,8 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
             v = student(xt, t, ctx, mask, block_runner=_run_blocks_recording(s_states) if features else None).float()
         if guidance > 1:
             n = len(v) // 2
-            guided = lambda u: u[n:] + guidance * (u[:n] - u[n:])  # noqa: E731
-            loss = torch.mean((v[n:] - target[n:]) ** 2) + torch.mean((guided(v) - guided(target)) ** 2) / guidance**2
+            loss = (torch.mean((v[n:] - target[n:]) ** 2)
+                    + torch.mean((_guided(v, guidance) - _guided(target, guidance)) ** 2) / guidance**2)
         else:
             loss = torch.mean((v - target) ** 2)
         entry = {"step": step + 1, "velocity_loss": float(loss.detach())}
