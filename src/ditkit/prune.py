@@ -273,7 +273,7 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     - lr_decay: linear decay to zero after the warmup, so the last iterate is not noisy.
     - ema_decay > 0: keep an EMA of the student and copy it in at the end (the teacher is
       itself an EMA model)."""
-    from .train import training_autocast
+    from .train import training_autocast, update_ema
 
     if steps < 0:
         raise ValueError(f"tune steps must be >= 0, got {steps}")
@@ -286,7 +286,7 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     teacher.eval()
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    ema = [p.detach().clone() for p in student.parameters()] if ema_decay > 0 else None
+    ema = copy.deepcopy(student).requires_grad_(False) if ema_decay > 0 else None
     warmup = 20
     log = []
     for step in range(steps):
@@ -335,17 +335,14 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in student.parameters()], 1 - ema_decay)
+            update_ema(ema, student, ema_decay)
         entry["distill_loss"] = float(loss.detach())
         if (step + 1) % log_every == 0 or step + 1 == steps:
             log.append(entry)
         if callback:
             callback(step + 1, steps)
     if ema is not None and steps:
-        with torch.no_grad():
-            for p, e in zip(student.parameters(), ema):
-                p.copy_(e)
+        student.load_state_dict(ema.state_dict())
     student.eval()
     return log
 
