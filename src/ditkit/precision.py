@@ -31,8 +31,8 @@ def check_precision(precision: str, device: torch.device | str) -> None:
 
 def bf16_is_fast(device: torch.device | str) -> bool:
     """Whether bf16 matmuls have native kernels on this device. On a CPU they need AVX-512
-    (oneDNN's bf16 path) or AMX; an AVX2-only CPU emulates them about 100x slower than fp32
-    (measured on an AVX2 AMD EPYC: 0.8 bf16 GFLOP/s against 88 fp32)."""
+    (oneDNN's bf16 path) or AMX; an AVX2-only CPU emulates them about 80x slower than fp32
+    (benchmarks/bf16_probe.py on an AVX2 AMD EPYC: 0.84 bf16 GFLOP/s against 70 fp32)."""
     device = torch.device(device)
     if device.type != "cpu":
         return True
