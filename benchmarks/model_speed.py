@@ -8,6 +8,10 @@ Both models get the same width, depth, heads, patch size, token count and text
 length, random weights, built locally (nothing is downloaded). Two ditkit
 configurations are measured against the same PixArt:
 
+- "pixart":   model.PIXART: exactly PixArt's architecture (fixed sin-cos table, no
+              cross-attention norm, no pooled text, no stem, no QK norm), the one
+              ditkit.interop converts both ways. Same FLOPs, so any gap is the
+              implementation's.
 - "plain":    stem_channels=0, qk_norm=False, softmax attention: the ditkit
               configuration that maps onto PixArt (patch embedding, adaLN-single
               blocks, linear head). It still differs in small ways: 2D RoPE
@@ -41,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from ditkit.model import DiT, DiTConfig, count_parameters
+from ditkit.model import PIXART, DiT, DiTConfig, count_parameters
 
 PRECISIONS = ("fp32", "bf16")
 aten = torch.ops.aten
@@ -71,11 +75,13 @@ def ditkit_config(args: argparse.Namespace, kind: str) -> DiTConfig:
     common = dict(in_channels=3, out_channels=3, patch_size=args.patch, width=args.width, depth=args.depth,
                   heads=args.heads, mlp_ratio=4.0, text_dim=args.text_dim, attention="softmax",
                   sample_size=args.image_size)
+    if kind == "pixart":
+        return DiTConfig(**{**PIXART, **common})
     if kind == "plain":
         return DiTConfig(stem_channels=0, qk_norm=False, **common)
     if kind == "embedded":
         return DiTConfig(stem_channels=16, qk_norm=True, **common)
-    raise ValueError(f"unknown ditkit configuration {kind!r}; allowed: plain, embedded")
+    raise ValueError(f"unknown ditkit configuration {kind!r}; allowed: pixart, plain, embedded")
 
 
 def build_pixart(args: argparse.Namespace) -> torch.nn.Module:
@@ -252,7 +258,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infer-batches", default=None, help="comma-separated inference batch sizes (default 1,16)")
     p.add_argument("--train-batch", type=int, default=None, help="default 32")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
-    p.add_argument("--configs", default="plain,embedded", help="comma-separated ditkit configurations: plain, embedded")
+    p.add_argument("--configs", default="pixart,plain,embedded",
+                   help="comma-separated ditkit configurations: pixart, plain, embedded")
     p.add_argument("--matmul-size", type=int, default=None, help="square matmul size for the peak rate (default 2048)")
     p.add_argument("--profile", action="store_true",
                    help="also print the top operators of a forward at the largest inference batch, per precision")
@@ -274,8 +281,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if s not in PRECISIONS:
             p.error(f"unknown precision {s!r}; allowed: {', '.join(PRECISIONS)}")
     for s in args.configs:
-        if s not in ("plain", "embedded"):
-            p.error(f"unknown configuration {s!r}; allowed: plain, embedded")
+        if s not in ("pixart", "plain", "embedded"):
+            p.error(f"unknown configuration {s!r}; allowed: pixart, plain, embedded")
     if args.image_size % args.patch:
         p.error(f"--image-size {args.image_size} must be a multiple of --patch {args.patch}")
     return args
@@ -363,7 +370,8 @@ def main(argv=None) -> int:
 
     print(f"\nmatmul {args.matmul_size}^3 rate (median of {len(next(iter(mm_samples.values())))} samples, "
           "before and after the rows): " + ", ".join(f"{p} {v:,.0f} GFLOP/s" for p, v in mm.items()))
-    print(f"\nditkit configurations: plain = stem_channels 0, qk_norm off (PixArt-mappable); "
+    print(f"\nditkit configurations: pixart = model.PIXART (PixArt's architecture exactly); "
+          f"plain = stem_channels 0, qk_norm off (RoPE, cross-attention norm, pooled text); "
           f"embedded = stem_channels 16, qk_norm on. FLOPs: forward, or forward+backward for the train step.\n")
     print("| ditkit config | row | batch | precision | ditkit ms | diffusers ms | ditkit/diffusers "
           "| ditkit GFLOP | diffusers GFLOP | ditkit % of matmul | diffusers % of matmul |")

@@ -91,7 +91,7 @@ def test_new_options_default_to_todays_model():
     assert not any("pooled_proj" in n or "norm2" in n for n in pix)
 
 
-@pytest.mark.parametrize("kw,needle", [(dict(positions="alibi"), "allowed: rope, sincos"),
+@pytest.mark.parametrize("kw,needle", [(dict(positions="alibi"), "allowed: rope, sincos, rope\\+abs"),
                                        (dict(pos_interpolation=0.0), "pos_interpolation must be > 0"),
                                        (dict(positions="sincos", width=30, heads=3), "divisible by 4")])
 def test_bad_position_options_raise(kw, needle):

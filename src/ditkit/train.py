@@ -294,17 +294,23 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
 def _init_from(model: DiT, ema: DiT, cfg: Config) -> None:
     """Start from a model folder's (EMA) weights with a fresh optimizer. The folder may hold
     the text-to-image base of an inpainting / upscaling model (only cond_channels differ):
-    its input convolutions are widened with zeros (model.load_base_weights)."""
+    its input convolutions are widened with zeros (model.load_base_weights); or a RoPE model
+    that this config turns into positions="rope+abs" (the new map stays at its zero init)."""
     from .checkpoint import _load_tensors, load_weights_into, read_model_config
-    from .model import load_base_weights
+    from .model import DiTConfig, load_base_weights
 
     folder = Path(cfg.train.init_from)
-    other = read_model_config(folder)["model"]
+    # Through the dataclass, so keys an older config.json lacks read as their defaults.
+    other = DiTConfig.from_dict(read_model_config(folder)["model"]).to_dict()
     mine = cfg.model.to_dict()
-    diff = sorted(k for k in set(other) | set(mine) if other.get(k, 0 if k == "cond_channels" else None) != mine.get(k))
+    diff = sorted(k for k in set(other) | set(mine) if other.get(k) != mine.get(k))
     if diff == ["cond_channels"] and int(other.get("cond_channels", 0)) == 0:
         with torch.no_grad():
             load_base_weights(model, _load_tensors(folder / "model.safetensors"))
+    elif diff == ["positions"] and other.get("positions", "rope") == "rope" and mine["positions"] == "rope+abs":
+        # A RoPE model gains the zero-initialised absolute-position map: it starts unchanged.
+        with torch.no_grad():
+            load_base_weights(model, _load_tensors(folder / "model.safetensors"), new=("abs_pos.weight",))
     elif diff:
         raise ValueError(f"train.init_from {folder}: its model config differs from this config in {diff}")
     else:
