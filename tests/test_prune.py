@@ -110,6 +110,10 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
     summary = json.loads(stdout)
     assert summary["depth_after"] == 3
     assert summary["recovery"]["feature_weight"] == 0.5 and summary["recovery"]["guidance"] == 2.0
+    assert summary["recovery"]["lr_decay"] is True  # the default recipe decays the rate
+    code, stdout, _ = run_cli(["prune", shapes_model_dir, "--remove", 1, "--tune-steps", 2, "--batch-size", 2,
+                               "--constant-lr", "--precision", "fp32", "-o", tmp_path / "const"], capsys)
+    assert code == 0 and json.loads(stdout)["recovery"]["lr_decay"] is False
     for args, needle in [
         (["--remove", 4], "0 <= K < depth"),
         (["--remove", -1], "--remove"),

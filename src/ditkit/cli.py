@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--replace-linear", action="store_true", help="replace removed blocks by fitted linear maps")
     pr.add_argument("--tune-steps", type=int, default=500, help="recovery fine-tune steps (default 500)")
     pr.add_argument("--prompts", help="calibration prompts file, one per line (default: the model's benchmark)")
-    pr.add_argument("--lr", type=float, default=2e-4)
+    pr.add_argument("--lr", type=float, default=5e-5, help="recovery learning rate (default 5e-5, decayed linearly to 0)")
+    pr.add_argument("--constant-lr", action="store_true", help="keep the recovery learning rate constant (no decay)")
     pr.add_argument("--batch-size", type=int, default=16, help="recovery batch size (default 16)")
     pr.add_argument("--feature-weight", type=float, default=None,
                     help="also match each kept block's output to the original's, with this weight (default 0: velocity only)")
@@ -627,7 +628,7 @@ def cmd_prune(args) -> int:
         raise UserError(f"unknown --precision {args.precision!r}; allowed: fp32, bf16")
     if args.feature_weight is not None and not args.feature_weight >= 0:
         raise UserError(f"--feature-weight must be >= 0, got {args.feature_weight}")
-    recovery = {}
+    recovery = {"lr_decay": False} if args.constant_lr else {}
     if args.feature_weight is not None:
         recovery["feature_weight"] = args.feature_weight
     if args.distill_guidance:
