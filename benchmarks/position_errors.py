@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import torch
@@ -28,13 +29,9 @@ def relation_components(images, captions) -> tuple[list[float], int]:
         if not firsts or not seconds:
             missing += 1
             continue
-        # The best pair, as the evaluator takes it (any A of the first clause, any B of the second).
-        best = -1.0
-        for a in firsts:
-            for b in seconds:
-                vec = shapes.position_vector(a, b)
-                best = max(best, shapes._relation_component(vec, parsed["relation"]) if vec else 0.0)
-        comps.append(best)
+        # The best pair, as the evaluator takes it; -inf (every pair on top of each other) has no direction.
+        best = shapes._best_relation(dets, parsed)
+        comps.append(best if math.isfinite(best) else 0.0)
     return comps, missing
 
 

@@ -292,6 +292,7 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     ema = copy.deepcopy(student).requires_grad_(False) if ema_decay > 0 else None
     warmup = 20
+    features = feature_weight > 0
     log = []
     for step in range(steps):
         x0, captions = make_batch(dataset, seed + 70_001, step, batch_size, size)
@@ -317,7 +318,6 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
             group["lr"] = lr * scale
         t_states: list[torch.Tensor] = []
         s_states: list[torch.Tensor] = []
-        features = feature_weight > 0
         with torch.no_grad(), training_autocast(precision, device):
             target = teacher(xt, t, ctx, mask, block_runner=_run_blocks_recording(t_states) if features else None).float()
         with training_autocast(precision, device):

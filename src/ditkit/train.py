@@ -304,10 +304,10 @@ def _init_from(model: DiT, ema: DiT, cfg: Config) -> None:
     other = DiTConfig.from_dict(read_model_config(folder)["model"]).to_dict()
     mine = cfg.model.to_dict()
     diff = sorted(k for k in set(other) | set(mine) if other.get(k) != mine.get(k))
-    if diff == ["cond_channels"] and int(other.get("cond_channels", 0)) == 0:
+    if diff == ["cond_channels"] and other["cond_channels"] == 0:
         with torch.no_grad():
             load_base_weights(model, _load_tensors(folder / "model.safetensors"))
-    elif diff == ["positions"] and other.get("positions", "rope") == "rope" and mine["positions"] == "rope+abs":
+    elif diff == ["positions"] and other["positions"] == "rope" and mine["positions"] == "rope+abs":
         # A RoPE model gains the zero-initialised absolute-position map: it starts unchanged.
         with torch.no_grad():
             load_base_weights(model, _load_tensors(folder / "model.safetensors"), new=("abs_pos.weight",))
