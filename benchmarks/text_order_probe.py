@@ -4,6 +4,12 @@ to the left of a blue square") predicts whether the word is in the first or the 
 clause. Two splits: a random quarter of the color tokens held out (colors seen in fitting),
 and each color held out in turn (the probe must generalise to an unseen color).
 
+A second probe asks what the DiT needs for layout: on the horizontal captions, is this color's
+object the one on the left? That is the conjunction of the clause and the relation word
+("red ... to the left of ..." and "... to the right of ... red" both put red on the left), so
+it reads whether the encoder binds the relation to each object in the token state itself,
+where a cross-attention key (a linear map of one token state) could use it.
+
     .venv/bin/python benchmarks/text_order_probe.py
 """
 
@@ -30,7 +36,7 @@ def main() -> None:
     captions = shapes._all_captions("position")
     states, _ = encoder.encode(captions)
     colors = set(shapes.PALETTE)
-    feats, clause, color = [], [], []
+    feats, clause, color, left = [], [], [], []
     for i, caption in enumerate(captions):
         tokens = encoder.tokenizer.convert_ids_to_tokens(encoder.tokenizer(caption)["input_ids"])
         at = [j for j, tok in enumerate(tokens) if tok in colors]
@@ -40,11 +46,15 @@ def main() -> None:
             feats.append(states[i, j].float().numpy())
             clause.append(k)
             color.append(tokens[j])
-    x, y, color = np.stack(feats), np.array(clause), np.array(color)
+            relation = shapes.parse_caption(caption)["relation"]
+            left.append({"to the left of": 1 - k, "to the right of": k}.get(relation, -1))
+    x, y, color, left = np.stack(feats), np.array(clause), np.array(color), np.array(left)
     test = np.zeros(len(y), dtype=bool)
     test[np.random.default_rng(0).permutation(len(y))[: len(y) // 4]] = True
     row = {"tokens": int(len(y)), "random_quarter_held_out": round(probe_accuracy(x, y, ~test, test), 3),
            "color_held_out": {c: round(probe_accuracy(x, y, color != c, color == c), 3) for c in sorted(set(color))}}
+    horizontal = left >= 0
+    row["left_object_random_quarter_held_out"] = round(probe_accuracy(x, left, horizontal & ~test, horizontal & test), 3)
     print(json.dumps(row))
 
 

@@ -235,6 +235,25 @@ def test_sample_scene_is_deterministic_and_mixes_categories():
         S.sample_scene(rng, 16)
 
 
+def test_training_mix_reweights_named_categories_and_keeps_the_rest():
+    default = dict(S.training_mix())
+    assert sum(default.values()) == pytest.approx(1.0)
+    mix = dict(S.training_mix({"position": 0.75}))  # 0.75 against the other defaults' 0.75
+    assert mix["position"] == pytest.approx(0.5)
+    assert mix["counting"] == pytest.approx(0.25 / 1.5) and mix[None] == pytest.approx(0.05 / 1.5)
+    only = {c: 0.0 for c in S.CATEGORIES if c != "counting"} | {"free_form": 0}
+    _, captions = S.make_batch(seed=0, step=0, batch_size=12, mix=only)
+    assert {S.parse_caption(c)["category"] for c in captions} == {"counting"}
+    same = dict((S.FREE_FORM if c is None else c, p) for c, p in S.training_mix())
+    assert S.make_batch(seed=2, step=3, batch_size=6, mix=same)[1] == S.make_batch(seed=2, step=3, batch_size=6)[1]
+    with pytest.raises(ValueError, match="unknown mix categories.*allowed"):
+        S.training_mix({"colors": 1.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        S.training_mix({"position": -1})
+    with pytest.raises(ValueError, match="all zero"):
+        S.training_mix({c: 0 for c in (*S.CATEGORIES, "free_form")})
+
+
 def test_make_batch_depends_only_on_seed_and_step():
     x1, c1 = S.make_batch(seed=3, step=10, batch_size=4)
     x2, c2 = S.make_batch(seed=3, step=10, batch_size=4)

@@ -205,10 +205,19 @@ def test_unknown_choices_list_the_options(tmp_path, override, options):
 @pytest.mark.parametrize("override,match", [
     ("train.steps=0", "train.steps"), ("train.cfg_dropout=1.0", "cfg_dropout"), ("train.lr=-0.1", "train.lr"),
     ("data.size=16", "data.size"), ("train.ema_decay=1.5", "ema_decay"),
+    ("data.mix.colors=1", "data.mix: unknown mix categories"), ("data.mix.position=-1", "data.mix.*>= 0"),
+    ("data.mix=0.5", "data.mix must be a mapping"),
 ])
 def test_out_of_range_values_raise(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         load_config(_yaml(tmp_path, "{}\n"), [override])
+
+
+def test_data_mix_is_read_from_overrides_and_refused_for_digits(tmp_path):
+    cfg = load_config(_yaml(tmp_path, "{}\n"), ["data.mix.position=0.5"])
+    assert cfg.data.mix == {"position": 0.5}
+    with pytest.raises(ValueError, match="dataset 'digits' has none"):
+        load_config(_yaml(tmp_path, "{}\n"), ["data.dataset=digits", "data.mix.position=0.5"])
 
 
 def test_bad_files_raise(tmp_path):

@@ -63,12 +63,26 @@ def _from_dict(cls, d: dict, section: str):
 class DataConfig:
     dataset: str = "shapes"
     size: int = 64
+    # shapes only: training-mix weights by category (single_object, two_object, counting,
+    # position, free_form); unnamed categories keep their default weight. None: the default mix.
+    mix: dict | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
         if self.size < 32:
             raise ValueError(f"data.size must be >= 32, got {self.size}")
+        if self.mix is not None:
+            if not isinstance(self.mix, dict):
+                raise ValueError(f"data.mix must be a mapping of category: weight, got {self.mix!r}")
+            if self.dataset != "shapes":
+                raise ValueError(f"data.mix re-weights the shapes world's categories; dataset {self.dataset!r} has none")
+            from .data.shapes import training_mix
+
+            try:
+                training_mix(self.mix)
+            except ValueError as e:
+                raise ValueError(f"data.mix: {e}") from None
 
 
 @dataclass

@@ -59,10 +59,10 @@ def step_batch(cfg: Config, step: int) -> dict:
     if task == "inpaint" and cfg.data.dataset == "shapes":
         from .data.shapes import make_scene_batch
 
-        x0, scenes = make_scene_batch(cfg.train.seed, step, cfg.train.batch_size, size)
+        x0, scenes = make_scene_batch(cfg.train.seed, step, cfg.train.batch_size, size, cfg.data.mix)
         captions = [sc.caption for sc in scenes]
     else:
-        x0, captions = make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, size)
+        x0, captions = make_batch(cfg.data.dataset, cfg.train.seed, step, cfg.train.batch_size, size, cfg.data.mix)
     cond = None
     if task == "inpaint":
         mask, captions = inpaint_training_masks(np.random.default_rng([cfg.train.seed, step, 2]), size, scenes, captions)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -47,6 +47,7 @@ __all__ = [
     "side_range",
     "render",
     "sample_scene",
+    "training_mix",
     "scene_for_caption",
     "make_batch",
     "format_caption",
@@ -101,6 +102,26 @@ _TRAIN_MIX: tuple[tuple[str | None, float], ...] = (
     ("position", 0.25),
     (None, 0.05),
 )
+
+
+def training_mix(weights: Mapping[str, float] | None = None) -> tuple[tuple[str | None, float], ...]:
+    """The training mix with some categories re-weighted (`data.mix` in a train config):
+    weights by name (CATEGORIES or "free_form"); unnamed ones keep their default weight,
+    and the result is normalised. Raises ValueError for an unknown name, a negative or
+    non-numeric weight, or a mix whose weights are all zero."""
+    names = {FREE_FORM if c is None else c: c for c, _ in _TRAIN_MIX}
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"unknown mix categories {unknown}; allowed: {', '.join(names)}")
+    for k, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            raise ValueError(f"mix weight of {k!r} must be a number >= 0, got {w!r}")
+    mix = [(c, float(weights.get(FREE_FORM if c is None else c, p))) for c, p in _TRAIN_MIX]
+    total = sum(p for _, p in mix)
+    if total <= 0:
+        raise ValueError("mix weights are all zero; at least one category needs a weight > 0")
+    return tuple((c, p / total) for c, p in mix)
 
 # Position captions drawn by the generator must be true with a clear margin:
 # the unit offset component must pass this (the rule's threshold is 0.5) and
@@ -551,19 +572,21 @@ def _check_spec(clauses: list[dict], relation: str | None, size: int) -> None:
             raise ValueError(f"no integer side fits size {c.get('size')!r} on a {size}px canvas")
 
 
-def sample_scene(rng: np.random.Generator, size: int = 64, category: str | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, size: int = 64, category: str | None = None,
+                 mix: tuple[tuple[str | None, float], ...] | None = None) -> Scene:
     """A random captioned scene; deterministic given the rng state.
 
-    category: one of CATEGORIES, or None for the training mix (single_object
-    0.2, two_object 0.25, counting 0.25, position 0.25, free-form variants 0.05).
+    category: one of CATEGORIES, or None for a draw from the training mix: `mix`
+    (from training_mix) or the default (single_object 0.2, two_object 0.25,
+    counting 0.25, position 0.25, free-form variants 0.05).
     The returned Scene.category is None for a free-form variant.
     """
     _check_size(size)
     if category is not None and category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; allowed: {CATEGORIES} or None")
     if category is None:
-        names = [c for c, _ in _TRAIN_MIX]
-        probs = np.array([p for _, p in _TRAIN_MIX])
+        names = [c for c, _ in mix or _TRAIN_MIX]
+        probs = np.array([p for _, p in mix or _TRAIN_MIX])
         category = names[int(rng.choice(len(names), p=probs / probs.sum()))]
     clauses, relation = _sample_spec(rng, category)
     objects = _place(rng, clauses, relation, size)
@@ -584,17 +607,20 @@ def scene_for_caption(caption: str, rng: np.random.Generator, size: int = 64) ->
     return Scene(objects, format_caption(clauses, relation), category)
 
 
-def make_batch(seed: int, step: int, batch_size: int, size: int = 64) -> tuple["torch.Tensor", list[str]]:
+def make_batch(seed: int, step: int, batch_size: int, size: int = 64,
+               mix: Mapping[str, float] | None = None) -> tuple["torch.Tensor", list[str]]:
     """A training batch: images (B, 3, S, S) float32 in [-1, 1] and their captions.
 
     The rng is np.random.default_rng([seed, step]), so a batch depends only on
     (seed, step): a resumed run sees exactly the batches it would have seen.
+    mix: category weights for training_mix (None: the default mix).
     """
-    images, scenes = make_scene_batch(seed, step, batch_size, size)
+    images, scenes = make_scene_batch(seed, step, batch_size, size, mix)
     return images, [s.caption for s in scenes]
 
 
-def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64) -> tuple["torch.Tensor", list[Scene]]:
+def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64,
+                     mix: Mapping[str, float] | None = None) -> tuple["torch.Tensor", list[Scene]]:
     """make_batch's images with their Scenes (objects and boxes), for tasks that need
     to know where the objects are (inpainting masks)."""
     import torch  # lazy: importing the data module should not pull in torch
@@ -603,8 +629,9 @@ def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64) -> t
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if seed < 0 or step < 0:
         raise ValueError(f"seed and step must be >= 0, got seed={seed}, step={step}")
+    resolved = training_mix(mix) if mix else None
     rng = np.random.default_rng([seed, step])
-    scenes = [sample_scene(rng, size) for _ in range(batch_size)]
+    scenes = [sample_scene(rng, size, mix=resolved) for _ in range(batch_size)]
     pixels = np.stack([np.asarray(render(s.objects, size)) for s in scenes])  # (B, S, S, 3) uint8
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
     return images, scenes
