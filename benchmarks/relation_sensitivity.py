@@ -30,8 +30,14 @@ import torch
 
 import ditkit
 from ditkit.data import shapes
+from ditkit.images import to_tensor
 
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+
+
+def red_blue(relation: str) -> str:
+    """The probe caption of measurements 2 and 3."""
+    return f"a red circle {relation} a blue square"
 
 
 def split_relation(caption: str) -> tuple[str, str, str]:
@@ -55,8 +61,7 @@ def swapped_clauses(caption: str) -> str:
 
 def caption_losses(model, encoder, scenes, times, seed: int) -> list[dict]:
     """Per t: the mean flow loss under each caption variant, on the same x_t."""
-    x0 = torch.stack([torch.from_numpy(np.array(shapes.render(s.objects, 64))).permute(2, 0, 1).float()
-                      for s in scenes]) / 127.5 - 1
+    x0 = torch.cat([to_tensor(shapes.render(s.objects, 64)) for s in scenes])
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     captions = [s.caption for s in scenes]
     variants = {"true": captions, "opposite_relation": [opposite_relation(c) for c in captions],
@@ -91,7 +96,7 @@ def first_step_layout(model, encoder, guidance: float, n: int, seed: int) -> lis
     t = torch.ones(n)
     rows = []
     for relation in shapes.RELATIONS:
-        cond, cmask = encoder.encode([f"a red circle {relation} a blue square"] * n, "cpu")
+        cond, cmask = encoder.encode([red_blue(relation)] * n, "cpu")
         with torch.no_grad():
             vc, vu = model(noise, t, cond, cmask), model(noise, t, uncond, umask)
         x0 = noise - (vu + guidance * (vc - vu))  # x0 = x_1 - 1 * v
@@ -106,8 +111,8 @@ def relation_value(n: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     means = []
     for relation in shapes.RELATIONS:
-        caption = f"a red circle {relation} a blue square"
-        total = sum(np.asarray(shapes.render(shapes.scene_for_caption(caption, rng, 64).objects, 64), dtype=np.float64)
+        total = sum(np.asarray(shapes.render(shapes.scene_for_caption(red_blue(relation), rng, 64).objects, 64),
+                               dtype=np.float64)
                     for _ in range(n))
         means.append(total / n / 127.5 - 1)
     overall = sum(means) / len(means)

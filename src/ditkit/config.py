@@ -13,7 +13,7 @@ from typing import get_type_hints
 
 import yaml
 
-from .data import DATASETS
+from .data import DATASETS, check_mix_dataset
 from .model import DiTConfig
 
 PRECISIONS = ("fp32", "bf16")
@@ -75,8 +75,7 @@ class DataConfig:
         if self.mix is not None:
             if not isinstance(self.mix, dict):
                 raise ValueError(f"data.mix must be a mapping of category: weight, got {self.mix!r}")
-            if self.dataset != "shapes":
-                raise ValueError(f"data.mix re-weights the shapes world's categories; dataset {self.dataset!r} has none")
+            check_mix_dataset(self.dataset)
             from .data.shapes import training_mix
 
             try:

@@ -5,11 +5,17 @@ from __future__ import annotations
 DATASETS = ("shapes", "digits")
 
 
+def check_mix_dataset(dataset: str) -> None:
+    """Category weights (data.mix) exist only for the shapes world."""
+    if dataset != "shapes":
+        raise ValueError(f"data.mix re-weights the shapes world's categories; dataset {dataset!r} has none")
+
+
 def make_batch(dataset: str, seed: int, step: int, batch_size: int, size: int, mix=None):
     """A training batch of a built-in dataset: images (B, 3, S, S) in [-1, 1] and captions,
     depending only on (seed, step). mix: the shapes world's category weights (data.mix)."""
-    if mix and dataset != "shapes":
-        raise ValueError(f"data.mix re-weights the shapes world's categories; dataset {dataset!r} has none")
+    if mix:
+        check_mix_dataset(dataset)
     if dataset == "shapes":
         from .shapes import make_batch as batch
 
