@@ -1,5 +1,6 @@
-"""Few-step distillation (latent consistency in flow form): the consistency math, a run
-end to end from Python and the CLI, and config errors."""
+"""Few-step distillation (latent consistency in flow form, and reflow): the consistency math,
+reflow's pairs and loss, runs end to end from Python and the CLI, continuing from an earlier
+student, and config errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from conftest import save_perturbed_model
 from ditkit.cli import main
 from ditkit.config import SampleConfig
 from ditkit.distill import DistillConfig, consistency_fn, distill, distill_loss, load_distill_config, pseudo_huber
-from ditkit.pipeline import load
+from ditkit.pipeline import generate_tensor, initial_noise, load
+from ditkit.reflow import make_pairs, pair_seeds, reflow_loss
 
 
 class ConstantVelocity(torch.nn.Module):
@@ -77,7 +79,9 @@ def test_distill_cli_and_config_errors(tmp_path, capsys):
     assert load(tmp_path / "s").defaults.steps == 2
     capsys.readouterr()
     for text, needle in (("distill:\n  skip: 60\n", "must be smaller"), ("distill:\n  colour: 1\n", "unknown distill"),
-                         ("distill:\n  sample:\n    stepz: 2\n", "unknown distill.sample")):
+                         ("distill:\n  sample:\n    stepz: 2\n", "unknown distill.sample"),
+                         ("distill:\n  method: shortcut\n", "unknown distill.method"),
+                         ("distill:\n  method: reflow\n  pairs: 0\n", "distill.pairs must be >= 1")):
         conf.write_text(text)
         code = main(["distill", "--teacher", str(teacher), "--config", str(conf), "-o", str(tmp_path / "x")])
         err = capsys.readouterr().err
@@ -87,3 +91,61 @@ def test_distill_cli_and_config_errors(tmp_path, capsys):
 
     shipped = load_distill_config(Path(__file__).resolve().parents[1] / "configs" / "distill-shapes.yaml")
     assert shipped.sample["steps"] == 4 and shipped.guidance == 4.0
+
+
+def test_reflow_pairs_are_the_guided_teachers_own_samples(tmp_path):
+    teacher = save_perturbed_model(tmp_path / "teacher", SampleConfig(steps=3, guidance=3.0, size=32), depth=1)
+    pipe = load(teacher)
+    pairs = make_pairs(pipe, 5, guidance=2.0, teacher_steps=2, seed=1, dataset="shapes", size=32, batch_size=2)
+    assert pairs["x0"].shape == pairs["eps"].shape == (5, 3, 32, 32) and len(pairs["captions"]) == 5
+    seeds = pair_seeds(1, 5)
+    assert torch.equal(pairs["eps"], initial_noise(5, (3, 32, 32), seeds, torch.device("cpu")))
+    # Each image is where the guided teacher's ODE takes that noise (batch-independent).
+    sample = SampleConfig(steps=2, guidance=2.0, size=32)
+    one = generate_tensor(pipe.model, pipe.text_encoder, pairs["captions"][3:4], sample, seeds[3:4]).clamp(-1, 1)
+    assert torch.allclose(pairs["x0"][3:4], one, atol=1e-5)
+    again = make_pairs(pipe, 5, guidance=2.0, teacher_steps=2, seed=1, dataset="shapes", size=32, batch_size=5)
+    assert torch.allclose(again["x0"], pairs["x0"], atol=1e-5) and again["captions"] == pairs["captions"]
+    other = make_pairs(pipe, 5, guidance=2.0, teacher_steps=2, seed=2, dataset="shapes", size=32, batch_size=2)
+    assert not torch.equal(other["eps"], pairs["eps"])
+    with pytest.raises(ValueError, match="pairs must be >= 1"):
+        make_pairs(pipe, 0, 2.0, 2, 1, "shapes", 32)
+
+
+def test_reflow_loss_vanishes_exactly_on_the_straight_couplings():
+    c = torch.randn(1, 3, 8, 8)
+    eps = torch.randn(6, 3, 8, 8)
+    pairs = {"x0": eps - c, "eps": eps, "captions": ["a"] * 6}  # every pair is joined by velocity c
+    g = torch.Generator().manual_seed(0)
+    loss = reflow_loss(ConstantVelocity(c), Encoder(), pairs, 4, "fp32", g, torch.device("cpu"))
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-10)
+    off = reflow_loss(ConstantVelocity(c + 0.1), Encoder(), pairs, 4, "fp32", g, torch.device("cpu"))
+    assert float(off.detach()) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_reflow_distillation_fits_its_pairs_and_init_continues_a_student(tmp_path):
+    teacher = save_perturbed_model(tmp_path / "teacher", SampleConfig(steps=2, guidance=3.0, size=32), depth=1)
+    cfg = DistillConfig(method="reflow", steps=40, batch_size=4, pairs=4, lr=2e-3, checkpoint_every=100,
+                        log_every=10, precision="fp32", sample={"steps": 2, "guidance": 1.0})
+    result = distill(str(teacher), cfg, tmp_path / "reflow")
+    rows = [json.loads(x) for x in (tmp_path / "reflow" / "log.jsonl").read_text().splitlines()]
+    assert rows[1]["pairs"] == 4 and result["steps"] == 40
+    # The student fits the straight couplings better than the teacher it started from.
+    pipe = load(teacher)
+    pairs = make_pairs(pipe, 4, cfg.guidance, 0, cfg.seed, "shapes", 32, 4)
+
+    def pair_loss(model):
+        return float(reflow_loss(model, pipe.text_encoder, pairs, 64, "fp32", torch.Generator().manual_seed(5),
+                                 torch.device("cpu")).detach())
+
+    assert pair_loss(load(tmp_path / "reflow").model) < 0.7 * pair_loss(pipe.model)
+    # init: a second part starts from the first part's student, not from the teacher.
+    start = load(tmp_path / "reflow").model.state_dict()
+    cont = DistillConfig(steps=1, batch_size=2, lr=1e-12, grid=10, skip=2, precision="fp32", init=str(tmp_path / "reflow"))
+    distill(str(teacher), cont, tmp_path / "part2")
+    after = load(tmp_path / "part2").model.state_dict()
+    assert all(torch.allclose(after[k], start[k], atol=1e-6) for k in start)
+    assert not all(torch.allclose(after[k], pipe.model.state_dict()[k], atol=1e-6) for k in start)
+    wide = save_perturbed_model(tmp_path / "wide", SampleConfig(size=32), depth=2)
+    with pytest.raises(ValueError, match="different architecture"):
+        distill(str(teacher), DistillConfig(steps=1, init=str(wide), precision="fp32"), tmp_path / "part3")

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("-o", "--output", required=True, help="output folder (must not exist)")
     cv.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
-    ds = sub.add_parser("distill", help="distil a model into a few-step student (latent consistency, guidance built in)")
+    ds = sub.add_parser("distill", help="distil a model into a few-step student (latent consistency or reflow, guidance built in)")
     ds.add_argument("--teacher", default="shapes-64", help="embedded model name or model folder (default shapes-64)")
     ds.add_argument("--config", required=True, help="distillation YAML (a 'distill:' section), e.g. configs/distill-shapes.yaml")
     ds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. distill.steps=100")

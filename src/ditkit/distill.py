@@ -17,9 +17,11 @@ form the deterministic consistency multistep sampler is exactly Euler on the stu
 velocity (x0 = f, eps = x_t + (1 - t) v, re-combined at the next time), so the distilled
 model works with every ditkit sampler: `ditkit generate --model shapes-64-flash --steps 4`.
 
-Why LCM over reflow and shortcut models here: reflow needs a full guided teacher
-trajectory per training pair (50 NFE each), shortcut models train from scratch; LCM needs
-two teacher NFE per step and starts from the teacher.
+distill.method: reflow runs the other teacher-initialized method, rectified-flow reflow on
+guided teacher pairs (ditkit/reflow.py), so the two can be compared at an equal budget; the
+comparison is in docs/benchmarks.md. Shortcut models (Frans et al., 2024) are not offered:
+they add a step-size input to the network and train from scratch, i.e. the base model's whole
+cost again. distill.init continues from an earlier student (a longer run in several parts).
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ from .guidance import autocast_for, pad_contexts
 from .precision import training_precision
 
 
+METHODS = ("lcm", "reflow")
+
+
 @dataclass
 class DistillConfig:
+    method: str = "lcm"            # lcm | reflow
     steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-4
@@ -54,10 +60,17 @@ class DistillConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     time_budget_s: float = 0.0     # > 0: stop (and save) when this many seconds have passed
+    pairs: int = 1024              # reflow: guided teacher (noise, image) pairs, generated once
+    teacher_steps: int = 0         # reflow: the teacher's sampling steps per pair (0: its default)
+    init: str = ""                 # start the student from this model (name or folder), not the teacher
     device: str = "cpu"
     sample: dict = field(default_factory=lambda: {"steps": 4, "guidance": 1.0})
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown distill.method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.pairs < 1 or self.teacher_steps < 0:
+            raise ValueError(f"distill.pairs must be >= 1 and distill.teacher_steps >= 0, got {self.pairs} and {self.teacher_steps}")
         for name in ("steps", "batch_size", "grid", "skip", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
@@ -125,12 +138,25 @@ def distill_loss(student, target, teacher, encoder, cfg: DistillConfig, x0: torc
     return pseudo_huber(f_student, f_target, cfg.huber_c)
 
 
+def _initial_student(teacher, init: str, device: torch.device):
+    """A trainable copy of the teacher, or of the model `init` names (same architecture)."""
+    if not init:
+        return copy.deepcopy(teacher)
+    from .pipeline import load
+
+    start = load(init, device=device).model
+    if start.config != teacher.config:
+        raise ValueError(f"distill.init {init!r} has a different architecture from the teacher; "
+                         "it must be a student of the same teacher")
+    return start
+
+
 def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bool = True) -> dict:
     """Distil `teacher_name` (embedded model or folder) into a few-step student saved at `out`."""
     from .checkpoint import save_model
-    from .data import make_batch
     from .pipeline import load
-    from .train import step_generator, update_ema
+    from .progress import progress_bar
+    from .reflow import make_pairs
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -145,14 +171,15 @@ def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bo
     if data.get("dataset") is None:
         raise ValueError("the teacher records no dataset, so there is no training data to distil on")
     encoder = pipe.text_encoder
-    student = copy.deepcopy(teacher).requires_grad_(True).train()
-    target = copy.deepcopy(teacher).requires_grad_(False).eval()
+    student = _initial_student(teacher, cfg.init, device).requires_grad_(True).train()
+    target = copy.deepcopy(student).requires_grad_(False).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")
     sample = replace(pipe.defaults, **{k: v for k, v in cfg.sample.items() if k in SampleConfig.__dataclass_fields__})
+    size = data.get("size", sample.size)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.jsonl").open("w")
     log.write(json.dumps({"teacher": str(pipe.source), "distill": asdict(cfg)}) + "\n")
-    t0, loss_val, done = time.time(), float("nan"), 0
+    t0 = time.time()
 
     def save(step: int) -> None:
         save_model(out, student, sample=sample, text_encoder=pipe.config.get("text_encoder", "minilm"),
@@ -160,26 +187,55 @@ def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bo
                           "distill": asdict(cfg)})
 
     try:
-        for step in range(cfg.steps):
-            x0, captions = make_batch(data["dataset"], cfg.seed, step, cfg.batch_size, data.get("size", sample.size))
-            g = step_generator(cfg.seed, step, stream=3)
-            loss = distill_loss(student, target, teacher, encoder, cfg, x0, captions, g, device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            update_ema(target, student, cfg.ema_decay)
-            loss_val, done = float(loss.detach()), step + 1
-            if not math.isfinite(loss_val):
-                raise RuntimeError(f"distillation loss became {loss_val} at step {done}")
-            if done % cfg.log_every == 0:
-                log.write(json.dumps({"step": done, "loss": loss_val, "time": time.time() - t0}) + "\n")
-                log.flush()
-            if done % cfg.checkpoint_every == 0:
-                save(done)
-            if cfg.time_budget_s and time.time() - t0 > cfg.time_budget_s:
-                break
+        pairs = None
+        if cfg.method == "reflow":
+            with progress_bar("teacher pairs", cfg.pairs, progress) as tick:
+                pairs = make_pairs(pipe, cfg.pairs, cfg.guidance, cfg.teacher_steps, cfg.seed, data["dataset"], size,
+                                   cfg.batch_size, cfg.precision,
+                                   callback=lambda d, total: tick(d * cfg.pairs // max(total, 1), cfg.pairs))
+            log.write(json.dumps({"pairs": cfg.pairs, "pair_seconds": time.time() - t0}) + "\n")
+            log.flush()
+        with progress_bar(f"distill ({cfg.method})", cfg.steps, progress) as tick:
+            done, loss_val = _train_loop(cfg, student, target, teacher, encoder, opt, pairs, data, size, device,
+                                         log, save, tick, t0)
         save(done)
     finally:
         log.close()
     return {"steps": done, "loss": loss_val, "seconds": time.time() - t0, "output": str(out)}
+
+
+def _train_loop(cfg: DistillConfig, student, target, teacher, encoder, opt, pairs, data: dict, size: int,
+                device: torch.device, log, save, tick, t0: float) -> tuple[int, float]:
+    """The optimizer steps of either method. Returns how many ran (the time budget may stop
+    the run early) and the last loss."""
+    from .data import make_batch
+    from .reflow import reflow_loss
+    from .train import step_generator, update_ema
+
+    done, loss_val = 0, float("nan")
+    for step in range(cfg.steps):
+        g = step_generator(cfg.seed, step, stream=3)
+        if pairs is not None:
+            loss = reflow_loss(student, encoder, pairs, cfg.batch_size, cfg.precision, g, device)
+        else:
+            x0, captions = make_batch(data["dataset"], cfg.seed, step, cfg.batch_size, size)
+            loss = distill_loss(student, target, teacher, encoder, cfg, x0, captions, g, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        if pairs is None:
+            update_ema(target, student, cfg.ema_decay)
+        loss_val, done = float(loss.detach()), step + 1
+        if not math.isfinite(loss_val):
+            raise RuntimeError(f"distillation loss became {loss_val} at step {done}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            log.write(json.dumps({"step": done, "loss": loss_val, "time": time.time() - t0}) + "\n")
+            log.flush()
+        if done % cfg.checkpoint_every == 0:
+            save(done)
+        tick(done, cfg.steps)
+        if cfg.time_budget_s and time.time() - t0 > cfg.time_budget_s:
+            log.write(json.dumps({"stopped": "time budget", "at_step": done, "time": time.time() - t0}) + "\n")
+            break
+    return done, loss_val
