@@ -25,24 +25,26 @@ import ditkit
 from ditkit.evaluate import shapes_eval
 
 
-def run_cost(folder: Path) -> dict:
-    """Method, optimizer steps, wall seconds, pairs and teacher NFE of one distill run."""
-    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
-    cfg = rows[0]["distill"]
-    steps = [r for r in rows if "loss" in r]
-    stop = [r for r in rows if "stopped" in r]
-    last_step = stop[-1]["at_step"] if stop else (steps[-1]["step"] if steps else 0)
-    seconds = stop[-1]["time"] if stop else (steps[-1]["time"] if steps else 0.0)
-    method = cfg.get("method", "lcm")
-    pair_rows = [r for r in rows if "pairs" in r and "distill" not in r]
-    if method == "reflow":
-        teacher_steps = cfg.get("teacher_steps") or 25
-        nfe = 2 * teacher_steps * cfg["pairs"]
-    else:
-        nfe = 2 * cfg["batch_size"] * last_step
-    return {"method": method, "steps": last_step, "seconds": seconds, "images": cfg["batch_size"] * last_step,
-            "pairs": cfg.get("pairs") if method == "reflow" else None,
-            "pair_seconds": pair_rows[0]["pair_seconds"] if pair_rows else 0.0, "teacher_nfe": nfe,
+def run_cost(pipe) -> dict:
+    """Method, optimizer steps, images, wall seconds and teacher NFE of one student: from its
+    run's log.jsonl, or, for a shipped student without one, from the recipe in its config."""
+    cfg = dict(pipe.config.get("distill") or {})
+    steps, seconds, pair_seconds = pipe.config.get("distill_steps", 0), float("nan"), 0.0
+    log = Path(pipe.source) / "log.jsonl"
+    if log.is_file():
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        cfg = rows[0]["distill"]
+        last = ([r for r in rows if "stopped" in r] or [r for r in rows if "loss" in r] or [{}])[-1]
+        steps, seconds = last.get("at_step", last.get("step", 0)), last.get("time", 0.0)
+        pair_seconds = next((r["pair_seconds"] for r in rows if "pair_seconds" in r), 0.0)
+    method, images = cfg.get("method", "lcm"), cfg.get("batch_size", 0) * steps
+    if method == "reflow":  # one guided trajectory (teacher steps x cond + uncond) per pair
+        teacher = ditkit.load(pipe.config["distilled_from"])
+        nfe = 2 * (cfg.get("teacher_steps") or teacher.defaults.steps) * cfg["pairs"]
+    else:  # one guided Euler step (cond + uncond) per training image
+        nfe = 2 * images
+    return {"method": method, "steps": steps, "images": images, "seconds": seconds, "teacher_nfe": nfe,
+            "pairs": cfg.get("pairs") if method == "reflow" else None, "pair_seconds": pair_seconds,
             "init": cfg.get("init", "")}
 
 
@@ -60,14 +62,7 @@ def main() -> None:
     rows = []
     for name in args.students:
         pipe = ditkit.load(name)
-        source = Path(pipe.source)
-        if (source / "log.jsonl").is_file():
-            cost = run_cost(source)
-        else:  # a shipped student keeps its recipe in config.json, not its log
-            d = pipe.config.get("distill") or {}
-            cost = {"method": d.get("method", "lcm"), "steps": pipe.config.get("distill_steps", 0),
-                    "images": d.get("batch_size", 0) * pipe.config.get("distill_steps", 0), "seconds": float("nan")}
-            cost["teacher_nfe"] = 2 * cost["images"] if cost["method"] == "lcm" else 0
+        cost = run_cost(pipe)
         scores = {}
         for steps in step_list:
             r = shapes_eval(pipe.model, pipe.text_encoder, replace(pipe.defaults, steps=steps),

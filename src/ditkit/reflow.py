@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from .flow import interpolate, velocity_target
+from .flow import flow_loss, interpolate
 from .guidance import autocast_for
 
 
@@ -47,7 +47,7 @@ def make_pairs(pipe, n: int, guidance: float, teacher_steps: int, seed: int, dat
     x0 = generate_tensor(pipe.model, pipe.text_encoder, captions, sample, seeds, precision=precision,
                          batch_size=batch_size, callback=callback).clamp(-1, 1)
     eps = initial_noise(n, tuple(x0.shape[1:]), seeds, device)
-    return {"x0": x0, "eps": eps, "captions": captions, "sample": sample}
+    return {"x0": x0, "eps": eps, "captions": captions}
 
 
 def reflow_loss(student, encoder, pairs: dict, batch_size: int, precision: str, generator: torch.Generator,
@@ -60,4 +60,4 @@ def reflow_loss(student, encoder, pairs: dict, batch_size: int, precision: str, 
     context, mask = encoder.encode([pairs["captions"][i] for i in idx.tolist()], device)
     with autocast_for(precision, device):
         v = student(interpolate(x0, eps, t), t, context, mask)
-    return (v.float() - velocity_target(x0, eps)).pow(2).mean()
+    return flow_loss(v, x0, eps).mean()
