@@ -110,6 +110,13 @@ class TrainConfig:
     task: str = "generate"          # generate | inpaint | upscale (ditkit.conditions)
     num_workers: int = 0            # data worker processes (0: batches made in the training process)
     time_budget_s: float = 0.0      # > 0: after a short probe, cut `steps` to what fits in this many seconds
+    # Stable Target Field (Xu et al. 2023): for times t >= stf_min_t, regress on the posterior
+    # mean of x0 over this many extra scenes drawn for the same caption (0 = off; shapes only)
+    stf_refs: int = 0
+    stf_min_t: float = 0.8
+    # weight of the mean cosine similarity between each block's input and output tokens, added
+    # to the loss to lower layer linearity (Razzhigaev et al. 2024, Sec. 5; 0 = off)
+    cosine_reg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -125,6 +132,12 @@ class TrainConfig:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.cooldown_fraction <= 1:
             raise ValueError(f"train.cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
+        if self.cosine_reg < 0:
+            raise ValueError(f"train.cosine_reg must be >= 0, got {self.cosine_reg}")
+        if self.stf_refs < 0:
+            raise ValueError(f"train.stf_refs must be >= 0, got {self.stf_refs}")
+        if not 0 <= self.stf_min_t < 1:
+            raise ValueError(f"train.stf_min_t must be in [0, 1), got {self.stf_min_t}")
         if self.num_workers < 0 or self.time_budget_s < 0:
             raise ValueError("train.num_workers and train.time_budget_s must be >= 0")
         from .conditions import TASKS

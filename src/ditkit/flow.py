@@ -65,8 +65,36 @@ def sample_time_logit_normal(n: int, mean: float = 0.0, std: float = 1.0,
     return torch.sigmoid(u)
 
 
-def flow_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def flow_loss(v_pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+              target: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample conditional flow-matching loss ||v_pred - (eps - x0)||^2, mean over
-    all but the batch dimension (SD3 Eq. 7 with uniform weighting in v). Returns (B,)."""
-    err = (v_pred.float() - velocity_target(x0, eps).float()) ** 2
+    all but the batch dimension (SD3 Eq. 7 with uniform weighting in v). Returns (B,).
+    `target` replaces eps - x0 (a lower-variance estimate of the same expectation)."""
+    target = velocity_target(x0, eps) if target is None else target
+    err = (v_pred.float() - target.float()) ** 2
     return err.flatten(1).mean(1)
+
+
+def posterior_mean_x0(x_t: torch.Tensor, t: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """E[x0 | x_t] over a reference set: the Stable Target Field estimator (Xu et al.,
+    ICLR 2023, Eq. 6) in rectified-flow form.
+
+    candidates: (B, K, C, H, W), images drawn from the same conditional distribution as
+    the x0 that made x_t (candidate 0 should be that x0 itself). Each is weighted by the
+    likelihood of x_t under it, N(x_t; (1 - t) x0_k, t^2 I). At high t the weights are
+    nearly uniform and the estimate is the mean of the set, a target whose variance is
+    about 1/K of a single x0's; as t falls they concentrate on the x0 that made x_t.
+    """
+    tb = t.view(-1, 1).to(torch.float64)
+    diff = (x_t.unsqueeze(1) - (1 - tb.view(-1, 1, 1, 1, 1)) * candidates).to(torch.float64)
+    log_w = -diff.pow(2).flatten(2).sum(2) / (2 * tb.clamp_min(1e-4) ** 2)  # (B, K)
+    w = torch.softmax(log_w, dim=1).to(candidates.dtype)
+    return torch.einsum("bk,bkchw->bchw", w, candidates)
+
+
+def velocity_target_from_x0_estimate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
+                                     x0_estimate: torch.Tensor) -> torch.Tensor:
+    """The velocity that points from x_t = (1 - t) x0 + t eps to an estimate of x0,
+    (x_t - x0_estimate) / t, written as eps - x0 + (x0 - x0_estimate) / t so that it is
+    exactly velocity_target(x0, eps) wherever the estimate is x0 itself."""
+    return eps - x0 + (x0 - x0_estimate) / _bt(t, x0).clamp_min(1e-4)

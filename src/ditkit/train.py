@@ -34,7 +34,8 @@ from .conditions import check_task, downsample, inpaint_condition, inpaint_train
 from .config import Config
 from .data import make_batch
 from .encoders import get_text_encoder
-from .flow import flow_loss, interpolate, sample_time_logit_normal
+from .flow import (flow_loss, interpolate, posterior_mean_x0, sample_time_logit_normal,
+                   velocity_target_from_x0_estimate)
 from .guidance import autocast_for
 from .model import DiT, count_parameters
 from .precision import training_precision
@@ -74,7 +75,38 @@ def step_batch(cfg: Config, step: int) -> dict:
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     eps = torch.randn(x0.shape, generator=g)
     t = sample_time_logit_normal(len(captions), cfg.train.time_mean, cfg.train.time_std, generator=g)
-    return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond}
+    x0_estimate = stable_target(cfg, step, x0, captions, eps, t) if cfg.train.stf_refs else None
+    return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond,
+            "x0_estimate": x0_estimate}
+
+
+def check_stable_target(cfg: Config) -> None:
+    if cfg.train.stf_refs and (cfg.data.dataset != "shapes" or cfg.train.task != "generate"):
+        raise ValueError("train.stf_refs needs a generator that can draw more images for a caption: "
+                         f"data.dataset shapes and train.task generate (got {cfg.data.dataset}, {cfg.train.task})")
+
+
+def stable_target(cfg: Config, step: int, x0: torch.Tensor, captions: list[str], eps: torch.Tensor,
+                  t: torch.Tensor) -> torch.Tensor:
+    """The x0 to regress on: x0 itself below train.stf_min_t, and above it the posterior mean
+    of x0 given x_t over x0 and train.stf_refs fresh scenes for the same caption (Stable
+    Target Field, Xu et al. ICLR 2023).
+
+    Why: at high t a single x0 is a very noisy target. For "a red circle to the left of a
+    blue square" near t = 1 the best prediction is the mean of all such scenes, and what
+    the relation word adds to it is small beside the spread of one random layout
+    (benchmarks/relation_sensitivity.py: 0.0069 against 0.23 per element), so the
+    gradient that would teach the word drowns. The estimate has the same expectation
+    (consistent as the set grows) and far less variance where the layout is decided."""
+    from .data.shapes import reference_images
+
+    estimate = x0.clone()
+    for i in torch.nonzero(t >= cfg.train.stf_min_t).flatten().tolist():
+        rng = np.random.default_rng([cfg.train.seed, step, 3, i])
+        refs = reference_images(captions[i], rng, cfg.train.stf_refs, x0.shape[-1], cfg.data.mix)
+        x_t = interpolate(x0[i:i + 1], eps[i:i + 1], t[i:i + 1])
+        estimate[i] = posterior_mean_x0(x_t, t[i:i + 1], torch.cat([x0[i:i + 1], refs]).unsqueeze(0))[0]
+    return estimate
 
 
 class StepBatches(torch.utils.data.IterableDataset):
@@ -154,9 +186,36 @@ def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.dev
     context, mask = encoder.encode(b["captions"], device)
     x0, eps, t = (b[k].to(device, non_blocking=True) for k in ("x0", "eps", "t"))
     cond = b["cond"].to(device, non_blocking=True) if b["cond"] is not None else None
+    similarities: list[torch.Tensor] = []
+    runner = _similarity_recorder(similarities) if cfg.train.cosine_reg else None
     with training_autocast(cfg.train.precision, device):
-        v = model(interpolate(x0, eps, t), t, context, mask, cond=cond)
-    return flow_loss(v, x0, eps).mean()
+        v = model(interpolate(x0, eps, t), t, context, mask, block_runner=runner, cond=cond)
+    target = None
+    if b.get("x0_estimate") is not None:
+        target = velocity_target_from_x0_estimate(x0, eps, t, b["x0_estimate"].to(device, non_blocking=True))
+    loss = flow_loss(v, x0, eps, target).mean()
+    if similarities:
+        loss = loss + cfg.train.cosine_reg * torch.stack(similarities).mean()
+    return loss
+
+
+def _similarity_recorder(out: list[torch.Tensor]):
+    """A block runner (DiT.forward's hook) that runs the blocks as usual and appends each
+    block's mean cosine similarity between its input and output tokens to `out`.
+
+    The regularizer of "Your Transformer is Secretly Linear" (Razzhigaev et al., ACL 2024,
+    Sec. 5): consecutive residual-stream embeddings that are nearly parallel are what makes
+    a block look linear; penalising their cosine similarity makes every block change its
+    tokens' direction, which the paper found lowers layer linearity in pre-training. The
+    paper's exact loss weighting was not available to us; this is the plain mean over blocks
+    and tokens, weighted by train.cosine_reg."""
+    def run(blocks, tokens, block_args):
+        for blk in blocks:
+            new = blk(tokens, *block_args)
+            out.append(torch.nn.functional.cosine_similarity(tokens.float(), new.float(), dim=-1).mean())
+            tokens = new
+        return tokens
+    return run
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
@@ -213,8 +272,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     if state_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it "
                          "or choose another train.output_dir")
-    out.mkdir(parents=True, exist_ok=True)
     check_task(cfg.train.task, cfg.model.cond_channels)
+    check_stable_target(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -637,6 +637,23 @@ def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64,
     return images, scenes
 
 
+def reference_images(caption: str, rng: np.random.Generator, count: int, size: int = 64,
+                     mix: Mapping[str, float] | None = None) -> "torch.Tensor":
+    """`count` fresh images that `caption` describes, (count, 3, S, S) in [-1, 1], in
+    make_batch's format: the reference set of a Stable Target Field (train.stf_refs).
+    The empty caption (a dropped one) stands for the whole training distribution, so its
+    references are scenes of the training mix."""
+    import torch
+
+    if caption:
+        scenes = [scene_for_caption(caption, rng, size) for _ in range(count)]
+    else:
+        resolved = training_mix(mix) if mix else None
+        scenes = [sample_scene(rng, size, mix=resolved) for _ in range(count)]
+    pixels = np.stack([np.asarray(render(s.objects, size)) for s in scenes])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+
+
 def object_caption(obj: ShapeObject) -> str:
     """The single-object caption of one drawn object ("an orange circle")."""
     return format_caption([_clause(1, obj.color, obj.shape)])
