@@ -1,13 +1,13 @@
-"""Does the layer-linearity regularizer (train.cosine_reg; Razzhigaev et al. 2024, Sec. 5)
+"""Does the layer-linearity regularizer (train.cosine_reg; Razzhigaev et al., ACL 2024)
 help on the shapes world? For training runs that differ only in its weight: the validation
 flow-matching loss, ShapesEval, and the mean per-block scores of `ditkit analyze`
 (linearity, linearity with the residual removed, influence), in one table.
 
-    for w in 0 0.05; do ditkit train configs/shapes-64.yaml --set model.width=128 --set model.depth=6 \\
+    for w in 0 0.05 -0.05; do ditkit train configs/shapes-64.yaml --set model.width=128 --set model.depth=6 \\
         --set train.steps=2500 --set train.warmup_steps=200 --set train.cooldown_steps=600 \\
         --set train.eval_every=0 --set train.precision=fp32 --set train.cosine_reg=$w \\
         --set train.output_dir=runs/cosreg-$w; done
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/cosine_regularizer.py runs/cosreg-0 runs/cosreg-0.05 --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/cosine_regularizer.py runs/cosreg-0 runs/cosreg-0.05 runs/cosreg--0.05 --threads 2
 """
 
 from __future__ import annotations

@@ -51,12 +51,12 @@ def test_the_loss_adds_the_weighted_mean_block_similarity(tmp_path, encoder):
 
 
 def test_training_with_the_regularizer_lowers_block_similarity(tmp_path, encoder):
-    """The same steps from the same init, with and without the term: the regularized model's
-    blocks change their tokens' direction more (lower input/output cosine similarity)."""
+    """The same steps from the same init, with and without the term: with a positive weight
+    the blocks change their tokens' direction more (lower input/output cosine similarity)."""
     cfg = tiny_train_config(tmp_path / "run", batch_size=4)
     device = torch.device("cpu")
     result = {}
-    for weight in (0.0, 1.0):
+    for weight in (-1.0, 0.0, 1.0):
         model = _model(cfg).train()
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
         for step in range(15):
@@ -66,8 +66,10 @@ def test_training_with_the_regularizer_lowers_block_similarity(tmp_path, encoder
             opt.step()
         result[weight] = _mean_similarity(model.eval(), cfg, encoder, 100)
     assert result[1.0] < result[0.0] - 0.05, result
+    assert result[-1.0] > result[0.0], result  # a negative weight rewards similarity instead
 
 
-def test_a_negative_weight_is_refused(tmp_path):
+@pytest.mark.parametrize("weight", [-1.5, 2.0])
+def test_an_out_of_range_weight_is_refused(tmp_path, weight):
     with pytest.raises(ValueError, match="cosine_reg"):
-        tiny_train_config(tmp_path / "run", cosine_reg=-0.1)
+        tiny_train_config(tmp_path / "run", cosine_reg=weight)

@@ -115,7 +115,8 @@ class TrainConfig:
     stf_refs: int = 0
     stf_min_t: float = 0.8
     # weight of the mean cosine similarity between each block's input and output tokens, added
-    # to the loss to lower layer linearity (Razzhigaev et al. 2024, Sec. 5; 0 = off)
+    # to the loss (Razzhigaev et al. 2024's linearity regularizer): > 0 penalises similar
+    # consecutive embeddings, < 0 rewards them, 0 = off (docs/analysis.md measures both)
     cosine_reg: float = 0.0
 
     def __post_init__(self) -> None:
@@ -132,8 +133,9 @@ class TrainConfig:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.cooldown_fraction <= 1:
             raise ValueError(f"train.cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
-        if self.cosine_reg < 0:
-            raise ValueError(f"train.cosine_reg must be >= 0, got {self.cosine_reg}")
+        if not -1 <= self.cosine_reg <= 1:
+            raise ValueError(f"train.cosine_reg must be in [-1, 1] (a loss weight; the flow loss is ~0.01-1), "
+                             f"got {self.cosine_reg}")
         if self.stf_refs < 0:
             raise ValueError(f"train.stf_refs must be >= 0, got {self.stf_refs}")
         if not 0 <= self.stf_min_t < 1:

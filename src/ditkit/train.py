@@ -203,12 +203,12 @@ def _similarity_recorder(out: list[torch.Tensor]):
     """A block runner (DiT.forward's hook) that runs the blocks as usual and appends each
     block's mean cosine similarity between its input and output tokens to `out`.
 
-    The regularizer of "Your Transformer is Secretly Linear" (Razzhigaev et al., ACL 2024,
-    Sec. 5): consecutive residual-stream embeddings that are nearly parallel are what makes
-    a block look linear; penalising their cosine similarity makes every block change its
-    tokens' direction, which the paper found lowers layer linearity in pre-training. The
-    paper's exact loss weighting was not available to us; this is the plain mean over blocks
-    and tokens, weighted by train.cosine_reg."""
+    The regularizer of "Your Transformer is Secretly Linear" (Razzhigaev et al., ACL 2024):
+    consecutive residual-stream embeddings that are nearly parallel are what makes a block
+    look linear, and the paper reports that a cosine-similarity term in pre-training
+    lowers layer linearity. Its exact form was not available to us offline, so this is the
+    plain mean over blocks and tokens, weighted by train.cosine_reg with either sign (a
+    negative weight rewards similarity); docs/analysis.md measures what each sign does."""
     def run(blocks, tokens, block_args):
         for blk in blocks:
             new = blk(tokens, *block_args)
