@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ditkit.encoders import get_text_encoder
+from ditkit.flow import interpolate
 from ditkit.model import DiT
 from ditkit.train import _similarity_recorder, step_batch, training_loss
 
@@ -33,8 +34,7 @@ def _mean_similarity(model: DiT, cfg, encoder, step: int) -> float:
     context, mask = encoder.encode(b["captions"], "cpu")
     sims: list[torch.Tensor] = []
     with torch.no_grad():
-        x_t = (1 - b["t"].view(-1, 1, 1, 1)) * b["x0"] + b["t"].view(-1, 1, 1, 1) * b["eps"]
-        model(x_t, b["t"], context, mask, block_runner=_similarity_recorder(sims))
+        model(interpolate(b["x0"], b["eps"], b["t"]), b["t"], context, mask, block_runner=_similarity_recorder(sims))
     return float(torch.stack(sims).mean())
 
 

@@ -623,8 +623,6 @@ def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64,
                      mix: Mapping[str, float] | None = None) -> tuple["torch.Tensor", list[Scene]]:
     """make_batch's images with their Scenes (objects and boxes), for tasks that need
     to know where the objects are (inpainting masks)."""
-    import torch  # lazy: importing the data module should not pull in torch
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if seed < 0 or step < 0:
@@ -632,9 +630,15 @@ def make_scene_batch(seed: int, step: int, batch_size: int, size: int = 64,
     resolved = training_mix(mix) if mix else None
     rng = np.random.default_rng([seed, step])
     scenes = [sample_scene(rng, size, mix=resolved) for _ in range(batch_size)]
+    return render_tensor(scenes, size), scenes
+
+
+def render_tensor(scenes: Sequence[Scene], size: int) -> "torch.Tensor":
+    """The scenes drawn as one float tensor (B, 3, S, S) in [-1, 1], the training format."""
+    import torch  # lazy: importing the data module should not pull in torch
+
     pixels = np.stack([np.asarray(render(s.objects, size)) for s in scenes])  # (B, S, S, 3) uint8
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
-    return images, scenes
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
 def reference_images(caption: str, rng: np.random.Generator, count: int, size: int = 64,
@@ -643,15 +647,12 @@ def reference_images(caption: str, rng: np.random.Generator, count: int, size: i
     make_batch's format: the reference set of a Stable Target Field (train.stf_refs).
     The empty caption (a dropped one) stands for the whole training distribution, so its
     references are scenes of the training mix."""
-    import torch
-
     if caption:
         scenes = [scene_for_caption(caption, rng, size) for _ in range(count)]
     else:
         resolved = training_mix(mix) if mix else None
         scenes = [sample_scene(rng, size, mix=resolved) for _ in range(count)]
-    pixels = np.stack([np.asarray(render(s.objects, size)) for s in scenes])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+    return render_tensor(scenes, size)
 
 
 def object_caption(obj: ShapeObject) -> str:
