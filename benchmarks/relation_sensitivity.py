@@ -32,7 +32,7 @@ import ditkit
 from ditkit.data import shapes
 from ditkit.images import to_tensor
 
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+OPPOSITE = shapes.OPPOSITE_RELATION
 
 
 def red_blue(relation: str) -> str:

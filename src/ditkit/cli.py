@@ -72,6 +72,16 @@ def _interval(s: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _prior_until(s: str) -> float:
+    try:
+        value = float(s)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--prior-until must be a number in (0, 1], got {s!r}")
+    return value
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     from .sampling import SAMPLERS
 
@@ -83,6 +93,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="apply guidance only for t in [LO, HI] (t = 1 is noise; default: the model's)")
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default: the model's)")
     p.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
+    p.add_argument("--prior-until", type=_prior_until, metavar="T",
+                   help="steps with t >= T take the model's pure-noise (t = 1) prediction: the caption's "
+                        "mean layout first (default: the model's; 1 = off)")
+    p.add_argument("--prior-model", metavar="NAME_OR_DIR",
+                   help="the model that makes that prediction: a layout prior trained at t = 1 "
+                        "(default: the model's; '' = the model itself)")
     p.add_argument("--size", type=_positive_int("--size"), help="image side in pixels (default: the model's)")
     p.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
     p.add_argument("--cache", help="feature caching: first-block:THRESHOLD, smooth:calibrated or smooth:PATH.json")
@@ -282,7 +298,8 @@ def _load_pipeline(args):
 def _generation_kwargs(args, pipe=None) -> dict:
     kw = dict(steps=args.steps, guidance=args.guidance, apg=args.apg or None, sampler=args.sampler,
               size=args.size, shift=args.shift, precision=args.precision, seed=args.seed,
-              cache=getattr(args, "cache", None), guidance_interval=getattr(args, "guidance_interval", None))
+              cache=getattr(args, "cache", None), guidance_interval=getattr(args, "guidance_interval", None),
+              prior_until=getattr(args, "prior_until", None), prior_model=getattr(args, "prior_model", None))
     if getattr(args, "best_of", 1) != 1 or getattr(args, "verifier", None):
         from .scaling import default_verifier, get_verifier
 
@@ -355,7 +372,7 @@ def _eval_setup(args):
     _check_out_dir(args.out_dir)
     pipe = _load_pipeline(args)
     return pipe, pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift,
-                                    args.apg or None, args.guidance_interval)
+                                    args.apg or None, args.guidance_interval, args.prior_until, args.prior_model)
 
 
 def cmd_eval_shapes(args) -> int:

@@ -118,6 +118,12 @@ class TrainConfig:
     # to the loss (Razzhigaev et al. 2024's linearity regularizer): > 0 penalises similar
     # consecutive embeddings, < 0 rewards them, 0 = off (docs/analysis.md measures both)
     cosine_reg: float = 0.0
+    # fraction of samples trained at exactly t = 1 (pure noise, zero SNR), on top of the
+    # logit-normal times. The sampler's first step is taken there; logit-normal(0, 1) puts
+    # 2e-6 of its mass above t = 0.99, so without this the model meets that input only by
+    # extrapolation (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+    # are Flawed"; docs/models.md measures what it changes)
+    pure_noise_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -136,6 +142,8 @@ class TrainConfig:
         if not -1 <= self.cosine_reg <= 1:
             raise ValueError(f"train.cosine_reg must be in [-1, 1] (a loss weight; the flow loss is ~0.01-1), "
                              f"got {self.cosine_reg}")
+        if not 0 <= self.pure_noise_fraction <= 1:
+            raise ValueError(f"train.pure_noise_fraction must be in [0, 1], got {self.pure_noise_fraction}")
         if self.stf_refs < 0:
             raise ValueError(f"train.stf_refs must be >= 0, got {self.stf_refs}")
         if not 0 <= self.stf_min_t < 1:
@@ -161,8 +169,16 @@ class SampleConfig:
     # guidance at the highest noise levels mostly costs diversity.
     interval_lo: float = 0.0
     interval_hi: float = 1.0
+    # Steps with t >= prior_until take x0 from a pure-noise (t = 1) prediction: the caption's
+    # mean image, from prior_model (an embedded model name or a folder: a model trained only
+    # at t = 1) or, when that is empty, from the model itself. 1.0 and no prior model = off.
+    # See sampling.pure_noise_prior.
+    prior_until: float = 1.0
+    prior_model: str = ""
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.prior_until <= 1.0:
+            raise ValueError(f"prior_until must be in (0, 1], got {self.prior_until}")
         if self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}")
         if not 0.0 <= self.interval_lo <= self.interval_hi <= 1.0:

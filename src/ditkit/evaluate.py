@@ -41,6 +41,7 @@ def shapes_eval(model: torch.nn.Module, encoder, sample: SampleConfig, per_categ
     result = shapes.evaluate(images, prompts, categories)
     result["settings"] = {"sampler": sample.sampler, "steps": sample.steps, "guidance": sample.guidance,
                           "shift": sample.shift, "apg": sample.apg, "size": sample.size,
+                          "prior_until": sample.prior_until, "prior_model": sample.prior_model,
                           "per_category": per_category, "seed": seed}
     if return_images:
         result["images"] = images
@@ -190,7 +191,9 @@ def shapes_best_of_eval(model: torch.nn.Module, encoder, sample: SampleConfig, n
                         lambda ims, ps: shapes.evaluate(ims, ps, categories), seed=seed, **kwargs)
     out["prompts"] = list(zip(categories, prompts))
     out["settings"] = {"sampler": sample.sampler, "steps": sample.steps, "guidance": sample.guidance,
-                       "shift": sample.shift, "size": sample.size, "per_category": per_category, "seed": seed,
+                       "shift": sample.shift, "size": sample.size, "prior_until": sample.prior_until,
+                       "prior_model": sample.prior_model,
+                       "per_category": per_category, "seed": seed,
                        "verifier": verifier if isinstance(verifier, str) else getattr(verifier, "__name__", "callable")}
     return out
 

@@ -21,7 +21,7 @@ from .config import SampleConfig
 from .encoders import TextEncoder, get_text_encoder
 from .guidance import APG, guided_velocity
 from .pipeline_edit import EditMethods
-from .sampling import get_sampler, timesteps
+from .sampling import get_sampler, pure_noise_prior, timesteps
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -42,6 +42,22 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return path
     raise ValueError(f"unknown model {name!r}: not an embedded model ({', '.join(embedded_models()) or 'none'}) "
                      "and not a model folder")
+
+
+def load_prior(name_or_path: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The layout-prior model of SampleConfig.prior_model, checked against the main model: it
+    must take the same image channels and text states (it sees the same noise and caption)."""
+    try:
+        folder = resolve_model(name_or_path)
+    except ValueError as e:
+        raise ValueError(f"prior model: {e}") from None
+    prior, _ = load_model(folder, device)
+    mine, theirs = model.config, prior.config
+    for key in ("in_channels", "out_channels", "text_dim"):
+        if getattr(mine, key) != getattr(theirs, key):
+            raise ValueError(f"prior model {name_or_path!r} has {key}={getattr(theirs, key)}, "
+                             f"the model {getattr(mine, key)}: they must match")
+    return prior.eval()
 
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
@@ -79,6 +95,7 @@ def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Seque
     if schedule is not None:
         schedule.check(sample.steps, sample.sampler, len(model.blocks))
     runner = model_for(model, precision)
+    prior = load_prior(sample.prior_model, model, device) if sample.prior_model else None
     if guidance_interval is None:  # the model's default (SampleConfig.interval_lo / interval_hi)
         guidance_interval = (sample.interval_lo, sample.interval_hi)
     autocast_precision = "fp32" if precision == "int8" else precision
@@ -94,6 +111,11 @@ def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Seque
         net = CachedModel(runner, make_cache()) if make_cache else runner
         velocity = guided_velocity(net, cond, uncond, sample.guidance, apg if sample.apg else None,
                                    guidance_interval, autocast_precision)
+        if prior is not None:
+            at_one = guided_velocity(prior, cond, uncond, sample.guidance, precision=autocast_precision)
+            velocity = pure_noise_prior(velocity, sample.prior_until, at_one)
+        elif sample.prior_until < 1.0:
+            velocity = pure_noise_prior(velocity, sample.prior_until)
 
         def step_cb(k: int, n: int, base=done, b=len(chunk)) -> None:
             if callback:
@@ -140,7 +162,7 @@ class Pipeline(EditMethods):
         return self._encoder
 
     def sample_config(self, steps=None, guidance=None, sampler=None, size=None, shift=None, apg=None,
-                      interval=None) -> SampleConfig:
+                      interval=None, prior_until=None, prior_model=None) -> SampleConfig:
         d = self.defaults
         lo, hi = (d.interval_lo, d.interval_hi) if interval is None else (float(interval[0]), float(interval[1]))
         return replace(d, steps=int(d.steps if steps is None else steps), interval_lo=lo, interval_hi=hi,
@@ -148,7 +170,9 @@ class Pipeline(EditMethods):
                        sampler=d.sampler if sampler is None else sampler,
                        size=int(d.size if size is None else size),
                        shift=float(d.shift if shift is None else shift),
-                       apg=bool(d.apg if apg is None else apg))
+                       apg=bool(d.apg if apg is None else apg),
+                       prior_until=float(d.prior_until if prior_until is None else prior_until),
+                       prior_model=str(d.prior_model if prior_model is None else prior_model))
 
     def generate(self, prompt: str | Sequence[str], steps: int | None = None, guidance: float | None = None,
                  apg: bool | APG | None = None, sampler: str | None = None, seed: int = 0, size: int | None = None,
@@ -156,7 +180,8 @@ class Pipeline(EditMethods):
                  guidance_interval: tuple[float, float] | None = None, precision: str = "fp32",
                  batch_size: int = 16, callback: Callable[[int, int], None] | None = None,
                  best_of: int = 1, verifier: "str | Verifier | None" = None,
-                 cache: str | None = None) -> list[Image.Image]:
+                 cache: str | None = None, prior_until: float | None = None,
+                 prior_model: str | None = None) -> list[Image.Image]:
         """Generate num_images images per prompt. An empty prompt means unconditional.
         Image k of prompt j uses seed + j * num_images + k.
 
@@ -166,7 +191,9 @@ class Pipeline(EditMethods):
 
         precision: fp32, bf16, int8 (CPU) or fp16 (GPU). cache: feature caching across
         steps, "first-block:THRESHOLD", "smooth:calibrated" (the schedule saved in the
-        model folder by calibrate_cache) or "smooth:PATH.json" (see ditkit.cache)."""
+        model folder by calibrate_cache) or "smooth:PATH.json" (see ditkit.cache).
+        prior_until, prior_model: steps with t >= prior_until take x0 from the t = 1 prediction of
+        prior_model ("" = the model itself; sampling.pure_noise_prior)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompts given")
@@ -175,7 +202,7 @@ class Pipeline(EditMethods):
         flat = [p for p in prompts for _ in range(num_images)]
         kwargs = dict(steps=steps, guidance=guidance, apg=apg, sampler=sampler, seed=seed, size=size, shift=shift,
                       guidance_interval=guidance_interval, precision=precision, batch_size=batch_size,
-                      callback=callback, cache=cache)
+                      callback=callback, cache=cache, prior_until=prior_until, prior_model=prior_model)
         if best_of != 1 or verifier is not None:
             return self.generate_best_of(flat, best_of, verifier, **kwargs).images
         return to_pil(self._sample(flat, [seed + i for i in range(len(flat))], **kwargs))
@@ -200,11 +227,12 @@ class Pipeline(EditMethods):
 
     def _sample(self, prompts: list[str], seeds: list[int], steps=None, guidance=None, apg=None, sampler=None,
                 size=None, shift=None, guidance_interval=None, precision="fp32", batch_size=16,
-                callback=None, seed=None, cache=None) -> torch.Tensor:
+                callback=None, seed=None, cache=None, prior_until=None, prior_model=None) -> torch.Tensor:
         from .cache import parse_cache_spec
 
         apg_cfg = apg if isinstance(apg, APG) else (APG() if apg else None)
-        sample = self.sample_config(steps, guidance, sampler, size, shift, apg_cfg is not None)
+        sample = self.sample_config(steps, guidance, sampler, size, shift, apg_cfg is not None,
+                                    prior_until=prior_until, prior_model=prior_model)
         make_cache = parse_cache_spec(cache, self.source) if isinstance(cache, str) else cache
         return generate_tensor(self.model, self.text_encoder, prompts, sample, seeds, apg_cfg, guidance_interval,
                                precision, batch_size, callback, cache=make_cache)

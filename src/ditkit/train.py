@@ -75,6 +75,8 @@ def step_batch(cfg: Config, step: int) -> dict:
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     eps = torch.randn(x0.shape, generator=g)
     t = sample_time_logit_normal(len(captions), cfg.train.time_mean, cfg.train.time_std, generator=g)
+    if cfg.train.pure_noise_fraction:  # drawn after t, so batches without it are unchanged
+        t = torch.where(torch.rand(len(captions), generator=g) < cfg.train.pure_noise_fraction, 1.0, t)
     x0_estimate = stable_target(cfg, step, x0, captions, eps, t) if cfg.train.stf_refs else None
     return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond,
             "x0_estimate": x0_estimate}

@@ -75,6 +75,8 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
+OPPOSITE_RELATION = {"to the left of": "to the right of", "to the right of": "to the left of",
+                     "above": "below", "below": "above"}
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "position")
 # parse_caption's category for captions outside the four benchmark templates
 # (training-only variants such as "two blue squares and a red circle").
