@@ -126,6 +126,7 @@ def test_cli_cache_precision_and_calibration(pipe, tmp_path, capsys):
                     "--cache", f"smooth:{sched}"], capsys)[0] == 0
     for args, needle in [
         (["--steps", 5, "--cache", f"smooth:{sched}"], "recalibrate"),
+        (["--steps", 4, "--cache", f"smooth:{sched}", "--prior-until", 0.5], "prior steps"),
         (["--cache", "smooth:calibrated"], "cache-calibrate"),
         (["--cache", "warp:1"], "allowed"),
         (["--precision", "fp16"], "350x"),

@@ -96,6 +96,10 @@ def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Seque
         schedule.check(sample.steps, sample.sampler, len(model.blocks))
     runner = model_for(model, precision)
     prior = load_prior(sample.prior_model, model, device) if sample.prior_model else None
+    prior_steps = prior is not None or sample.prior_until < 1.0
+    if schedule is not None and prior_steps:
+        raise ValueError("a calibrated cache schedule (smooth:...) counts the main model's steps from the first, and "
+                         "prior steps (prior_until, prior_model) skip the first ones: use first-block caching or no prior")
     if guidance_interval is None:  # the model's default (SampleConfig.interval_lo / interval_hi)
         guidance_interval = (sample.interval_lo, sample.interval_hi)
     autocast_precision = "fp32" if precision == "int8" else precision
@@ -111,11 +115,9 @@ def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Seque
         net = CachedModel(runner, make_cache()) if make_cache else runner
         velocity = guided_velocity(net, cond, uncond, sample.guidance, apg if sample.apg else None,
                                    guidance_interval, autocast_precision)
-        if prior is not None:
-            at_one = guided_velocity(prior, cond, uncond, sample.guidance, precision=autocast_precision)
+        if prior_steps:
+            at_one = guided_velocity(prior, cond, uncond, sample.guidance, precision=autocast_precision) if prior else None
             velocity = pure_noise_prior(velocity, sample.prior_until, at_one)
-        elif sample.prior_until < 1.0:
-            velocity = pure_noise_prior(velocity, sample.prior_until)
 
         def step_cb(k: int, n: int, base=done, b=len(chunk)) -> None:
             if callback:
