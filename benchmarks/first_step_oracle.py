@@ -28,26 +28,13 @@ import ditkit
 from ditkit.data import shapes
 from ditkit.guidance import guided_velocity
 from ditkit.pipeline import initial_noise, to_pil
-from ditkit.sampling import get_sampler, timesteps
+from ditkit.sampling import get_sampler, pure_noise_prior, timesteps
 
 
 def caption_means(captions: list[str], scenes: int, seed: int, size: int) -> torch.Tensor:
     """E[x0 | caption] per caption, from `scenes` generator draws ("" = the training mix)."""
     rng = np.random.default_rng(seed)
     return torch.stack([shapes.reference_images(c, rng, scenes, size).mean(0) for c in captions])
-
-
-def with_oracle_steps(velocity, x0_cond: torch.Tensor, x0_uncond: torch.Tensor, guidance: float, until: float):
-    """The sampler's velocity, except at t >= until, where v = (x_t - x0) / t with CFG on the
-    oracle means: the steps of a model that predicts E[x0 | caption] there and ignores x_t."""
-
-    def wrapped(x: torch.Tensor, t: float) -> torch.Tensor:
-        if t < until:
-            return velocity(x, t)
-        v_cond, v_uncond = (x - x0_cond) / t, (x - x0_uncond) / t
-        return v_uncond + guidance * (v_cond - v_uncond)
-
-    return wrapped
 
 
 def sample(pipe, prompts: list[str], seeds: list[int], oracle_scenes: int, until: float, batch: int, seed: int) -> list:
@@ -62,7 +49,10 @@ def sample(pipe, prompts: list[str], seeds: list[int], oracle_scenes: int, until
         velocity = guided_velocity(model, cond, uncond, cfg.guidance)
         if oracle_scenes:
             means = caption_means(chunk, oracle_scenes, seed + 1 + i, cfg.size)
-            velocity = with_oracle_steps(velocity, means, uncond_mean.expand_as(means), cfg.guidance, until)
+            # CFG is linear, so guiding the two oracle means gives the guided x0 directly; the
+            # steps at t >= until then follow the straight path to it, as with a learnt prior.
+            x0_guided = uncond_mean + cfg.guidance * (means - uncond_mean)
+            velocity = pure_noise_prior(velocity, until, prior=lambda x, t, x0=x0_guided: x - x0)
         with torch.no_grad():
             images.extend(to_pil(sampler(velocity, noise[i:i + len(chunk)], ts)))
     return images
