@@ -2,17 +2,25 @@
 are skipped together (single-block ablation scores can miss how removals interact).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/prune_pairs.py --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/prune_pairs.py --threads 2 --linear --shapes 10 --seed 1
+
+--linear puts the paper's fitted linear stand-ins (ditkit prune --replace-linear) in place
+of the two blocks instead of skipping them. --shapes N also scores ShapesEval (N prompts
+per category, --seed) for every pair before any recovery, the measure the pruning target
+is set in.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import torch
 
 import ditkit
-from ditkit.prune import skipping, validation_loss
+from ditkit.evaluate import shapes_eval
+from ditkit.prune import fit_linear_maps, remove_blocks, validation_loss
 
 
 def main() -> None:
@@ -20,19 +28,35 @@ def main() -> None:
     p.add_argument("--model", default="shapes-64")
     p.add_argument("--threads", type=int)
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--linear", action="store_true", help="fitted linear stand-ins instead of skipping")
+    p.add_argument("--shapes", type=int, default=0, help="ShapesEval prompts per category for each pair (0: off)")
+    p.add_argument("--seed", type=int, default=1, help="ShapesEval seed (1: the tuning seed)")
+    p.add_argument("--out", help="write every pair's results here as JSON")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = ditkit.load(args.model)
     model, enc, data = pipe.model.eval(), pipe.text_encoder, pipe.config["data"]
+    depth = len(model.blocks)
+    maps = fit_linear_maps(model, enc, range(depth), data["dataset"], data["size"]) if args.linear else {}
     base = validation_loss(model, enc, data["dataset"], data["size"])
-    increase = {}
-    for pair in itertools.combinations(range(len(model.blocks)), 2):
-        with skipping(model, list(pair)):
-            increase[pair] = validation_loss(model, enc, data["dataset"], data["size"]) - base
-    print(f"base validation loss {base:.4f}\n\n| blocks skipped | loss increase |\n|---|---:|")
-    for pair, inc in sorted(increase.items(), key=lambda kv: kv[1])[:args.top]:
-        print(f"| {pair} | {inc:+.4f} |")
+    rows = {}
+    for pair in itertools.combinations(range(depth), 2):
+        pruned = remove_blocks(model, pair, {i: maps[i] for i in pair} if maps else None).eval()
+        row = {"loss_increase": validation_loss(pruned, enc, data["dataset"], data["size"]) - base}
+        if args.shapes:
+            row["shapes"] = shapes_eval(pruned, enc, pipe.defaults, args.shapes, args.seed)["overall"]
+        rows[pair] = row
+        print(pair, json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"base_loss": base, "linear": args.linear, "shapes_per_category": args.shapes,
+                       "seed": args.seed, "pairs": {f"{a},{b}": r for (a, b), r in rows.items()}}, f, indent=1)
+    kind = "replaced by linear maps" if args.linear else "skipped"
+    print(f"base validation loss {base:.4f}\n\n| blocks {kind} | loss increase |"
+          + (" ShapesEval |" if args.shapes else "") + "\n|---|---:|" + ("---:|" if args.shapes else ""))
+    for pair, row in sorted(rows.items(), key=lambda kv: kv[1]["loss_increase"])[:args.top]:
+        print(f"| {pair} | {row['loss_increase']:+.4f} |" + (f" {row['shapes']:.3f} |" if args.shapes else ""))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes-64")
     p.add_argument("--k", type=int, default=2, help="blocks to remove (chosen by measured ablation)")
+    p.add_argument("--blocks", help="remove exactly these blocks (comma-separated; overrides --k), e.g. a pair "
+                                    "chosen by benchmarks/prune_pairs.py")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -42,6 +44,9 @@ def main() -> None:
     p.add_argument("--decay", action="store_true", help="linear learning-rate decay to zero")
     p.add_argument("--ema", type=float, default=0.0)
     p.add_argument("--linear", action="store_true", help="replace the removed blocks by fitted linear maps")
+    p.add_argument("--gradual", action="store_true",
+                   help="remove the blocks one at a time (in --blocks order, or least harmful first), each "
+                        "followed by steps/K of the recovery, instead of all at once; the steps add up to --steps")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--per-category", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -65,20 +70,37 @@ def main() -> None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_text(json.dumps(cache, indent=2))
     ref = cache[key]
-    chosen = sorted(removable_order({"ablation": ref["ablation"]}, "ablation")[:args.k])
-    maps = fit_linear_maps(teacher, enc, chosen, data["dataset"], data["size"]) if args.linear and chosen else None
-    student = remove_blocks(teacher, chosen, maps)
-    kept = [i for i in range(len(teacher.blocks)) if i not in chosen or maps]
+    if args.blocks:
+        order = [int(b) for b in args.blocks.split(",")]
+    else:
+        order = removable_order({"ablation": ref["ablation"]}, "ablation")[:args.k]
+    chosen = sorted(order)
     t0 = time.time()
 
     def progress(i: int, n: int) -> None:
         if i % 50 == 0:
             print(f"step {i}/{n} {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    log = recovery_tune(student, teacher, enc, data["dataset"], data["size"], args.steps, lr=args.lr,
-                        batch_size=args.batch, precision=args.precision, kept=kept, guidance=args.guidance,
-                        feature_weight=args.feature, times=args.times, lr_decay=args.decay, ema_decay=args.ema,
-                        callback=progress) if chosen else []
+    def tune(student, steps: int, kept) -> list[dict]:
+        return recovery_tune(student, teacher, enc, data["dataset"], data["size"], steps, lr=args.lr,
+                             batch_size=args.batch, precision=args.precision, kept=kept, guidance=args.guidance,
+                             feature_weight=args.feature, times=args.times, lr_decay=args.decay,
+                             ema_decay=args.ema, callback=progress)
+
+    # Gradual removal (as gradual pruning schedules do): each phase removes one more block
+    # from the model the previous phase recovered, so each recovery has one block's loss
+    # to make up rather than all of them at once.
+    phases = [[b] for b in order] if args.gradual else [order]
+    student, removed, log = teacher, [], []
+    for i, phase in enumerate(phases):
+        # the phase's blocks in the current student's numbering (skipped blocks shift the rest down)
+        here = [b - sum(r < b for r in removed if not args.linear) for b in phase]
+        maps = fit_linear_maps(student, enc, here, data["dataset"], data["size"]) if args.linear and here else None
+        student = remove_blocks(student, here, maps)
+        removed += phase
+        kept = [j for j in range(len(teacher.blocks)) if j not in removed or args.linear]
+        steps = args.steps // len(phases) + (i < args.steps % len(phases))
+        log += tune(student, steps, kept) if here else []
     tune_seconds = time.time() - t0
     res = shapes_eval(student.eval(), enc, sample, args.per_category, args.seed)
     row = {"recipe": {k: v for k, v in vars(args).items() if k not in ("cache", "log", "save", "threads")},
@@ -91,7 +113,8 @@ def main() -> None:
         f.write(json.dumps(row) + "\n")
     if args.save:
         save_model(args.save, student, sample=sample, text_encoder=pipe.config.get("text_encoder", "minilm"),
-                   extra={"data": data, "pruning": {"source": args.model, "removed_blocks": chosen, "by": "ablation",
+                   extra={"data": data, "pruning": {"source": args.model, "removed_blocks": chosen,
+                                                    "by": "given" if args.blocks else "ablation",
                                                     "replace_linear": bool(args.linear), "tune_steps": args.steps}})
 
 

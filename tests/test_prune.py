@@ -186,6 +186,33 @@ def test_prune_replace_linear_keeps_depth_and_loads(shapes_model_dir, tmp_path):
     assert sum(isinstance(b, LinearBlock) for b in loaded.model.blocks) == 2
 
 
+def test_prune_given_blocks_removes_exactly_those(shapes_model_dir, tmp_path, capsys):
+    out = tmp_path / "given"
+    code, stdout, _ = run_cli(["prune", shapes_model_dir, "--blocks", "3,1", "--replace-linear", "--tune-steps", 0,
+                               "--precision", "fp32", "-o", out], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["removed_blocks"] == [1, 3] and summary["by"] == "given"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["linear_blocks"] == [1, 3] and cfg["pruning"]["removed_blocks"] == [1, 3]
+    # without stand-ins and without tuning, the result is the original with those blocks skipped
+    plain = prune_model(shapes_model_dir, None, blocks=[2], tune_steps=0, precision="fp32")["model"]
+    original = ditkit.load(shapes_model_dir).model.eval()
+    x, t, ctx = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.8]), torch.randn(2, 5, original.config.text_dim)
+    with torch.no_grad(), skipping(original, [2]):
+        assert torch.equal(plain.eval()(x, t, ctx), original(x, t, ctx))
+    for args, needle in [
+        (["--blocks", "1,x"], "comma-separated"),
+        (["--blocks", "1,1"], "distinct"),
+        (["--blocks", "0,9"], "0..3"),
+        (["--blocks", "1,2", "--remove", 1], "does not match"),
+        ([], "--remove K"),
+    ]:
+        code, _, err = run_cli(["prune", shapes_model_dir, *args, "-o", tmp_path / "bad"], capsys)
+        assert_one_line_error(code, err, needle)
+        assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("by", ["influence", "ablation"])
 def test_prune_diffusers_pixart_folder(by, tmp_path, capsys):
     diffusers = pytest.importorskip("diffusers")

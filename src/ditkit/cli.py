@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="remove whole blocks, recover with a short distillation, save")
     pr.add_argument("model", help="embedded model name or model folder")
-    pr.add_argument("--remove", type=int, required=True, metavar="K", help="number of blocks to remove (0 <= K < depth)")
+    pr.add_argument("--remove", type=int, metavar="K", help="number of blocks to remove (0 <= K < depth)")
+    pr.add_argument("--blocks", metavar="I,J,...", help="remove exactly these block indices (instead of --remove/--by)")
     pr.add_argument("--by", default="influence", help="influence, linearity or ablation (default influence)")
     pr.add_argument("--replace-linear", action="store_true", help="replace removed blocks by fitted linear maps")
     pr.add_argument("--tune-steps", type=int, default=500, help="recovery fine-tune steps (default 500)")
@@ -635,7 +636,17 @@ def cmd_prune(args) -> int:
 
     if args.by not in SELECTORS:
         raise UserError(f"unknown --by {args.by!r}; allowed: {', '.join(SELECTORS)}")
-    if args.remove < 0:
+    blocks = None
+    if args.blocks is not None:
+        try:
+            blocks = [int(b) for b in args.blocks.split(",")]
+        except ValueError:
+            raise UserError(f"--blocks must be comma-separated block indices, e.g. 1,7; got {args.blocks!r}") from None
+        if args.remove is not None and args.remove != len(blocks):
+            raise UserError(f"--remove {args.remove} does not match the {len(blocks)} blocks of --blocks {args.blocks}")
+    elif args.remove is None:
+        raise UserError("give --remove K (blocks chosen by --by) or --blocks I,J,...")
+    elif args.remove < 0:
         raise UserError(f"--remove must be >= 0, got {args.remove}")
     if args.tune_steps < 0:
         raise UserError(f"--tune-steps must be >= 0, got {args.tune_steps}")
@@ -667,15 +678,17 @@ def cmd_prune(args) -> int:
 
         with progress_bar("recovery tune", max(1, args.tune_steps)) as cb:
             if is_diffusers_folder(args.model):
-                if args.replace_linear:
-                    raise UserError("--replace-linear is for ditkit models; diffusers blocks can only be removed")
+                if args.replace_linear or blocks is not None:
+                    raise UserError("--replace-linear and --blocks are for ditkit models; diffusers blocks are "
+                                    "chosen with --remove K --by")
                 from .prune import prune_diffusers
 
                 summary = prune_diffusers(args.model, args.remove, args.by, args.tune_steps, tmp, callback=cb)
             else:
                 summary = prune_model(args.model, args.remove, args.by, args.replace_linear, args.tune_steps, tmp,
                                       prompts=prompts, lr=args.lr, device=args.device, callback=cb,
-                                      batch_size=args.batch_size, precision=args.precision, recovery=recovery)
+                                      batch_size=args.batch_size, precision=args.precision, recovery=recovery,
+                                      blocks=blocks)
         os.replace(tmp, out)
     except BaseException:
         import shutil

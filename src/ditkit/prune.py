@@ -368,18 +368,27 @@ def default_calibration_prompts(dataset: str, n: int = 16) -> list[str]:
 def prune_model(model: str | Path, remove: int, by: str = "influence", replace_linear: bool = False,
                 tune_steps: int = 500, out_dir: str | Path | None = None, prompts: Sequence[str] | None = None,
                 lr: float = 5e-5, batch_size: int = 16, precision: str = "bf16", device: str = "cpu",
-                callback=None, recovery: dict | None = None) -> dict:
+                callback=None, recovery: dict | None = None, blocks: Sequence[int] | None = None) -> dict:
     """Remove `remove` blocks of a model folder / embedded model chosen by `by`, recover with
     `tune_steps` distillation steps, and save the result to out_dir (config.json +
-    model.safetensors, recording what was removed). Returns a summary dict."""
+    model.safetensors, recording what was removed). Returns a summary dict.
+
+    blocks: remove exactly these block indices instead (`remove` must then be their number
+    or None). On shapes-64 a pair chosen by ShapesEval with linear stand-ins beat the pair
+    that single-block ablation picks (docs/benchmarks.md, "Which pair to remove")."""
     from .checkpoint import read_model_config, save_model
     from .pipeline import load
 
     pipe = load(model, device=device)
     teacher = pipe.model.eval()
     depth = len(teacher.blocks)
+    if blocks is not None:
+        blocks = _check_remove(teacher, blocks)
+        if remove is not None and remove != len(blocks):
+            raise ValueError(f"remove={remove} does not match the {len(blocks)} blocks given ({blocks})")
+        remove, by = len(blocks), "given"
     check_k(remove, depth)
-    if by not in SELECTORS:
+    if by not in SELECTORS and blocks is None:
         raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(SELECTORS)}")
     if tune_steps < 0:
         raise ValueError(f"tune steps must be >= 0, got {tune_steps}")
@@ -393,7 +402,9 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
                          "pruning needs it for calibration and recovery")
     prompts = list(prompts) if prompts is not None else default_calibration_prompts(dataset)
     t0 = time.time()
-    if remove == 0:
+    if blocks is not None:
+        scores, chosen = {}, blocks
+    elif remove == 0:
         scores, order, chosen = {}, list(range(depth)), []
     else:
         scores = block_scores(teacher, pipe.text_encoder, by, dataset, size, prompts)
