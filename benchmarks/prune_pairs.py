@@ -7,7 +7,8 @@ are skipped together (single-block ablation scores can miss how removals interac
 --linear puts the paper's fitted linear stand-ins (ditkit prune --replace-linear) in place
 of the two blocks instead of skipping them. --shapes N also scores ShapesEval (N prompts
 per category, --seed) for every pair before any recovery, the measure the pruning target
-is set in.
+is set in. --with I,J screens the sets made of those blocks plus one more instead of the
+pairs (a greedy step towards removing more blocks), e.g. --with 1,7 for 37.5%.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--linear", action="store_true", help="fitted linear stand-ins instead of skipping")
     p.add_argument("--shapes", type=int, default=0, help="ShapesEval prompts per category for each pair (0: off)")
     p.add_argument("--seed", type=int, default=1, help="ShapesEval seed (1: the tuning seed)")
+    p.add_argument("--with", dest="fixed", help="screen these blocks (comma-separated) plus each other block")
     p.add_argument("--out", help="write every pair's results here as JSON")
     args = p.parse_args()
     if args.threads:
@@ -41,7 +43,12 @@ def main() -> None:
     maps = fit_linear_maps(model, enc, range(depth), data["dataset"], data["size"]) if args.linear else {}
     base = validation_loss(model, enc, data["dataset"], data["size"])
     rows = {}
-    for pair in itertools.combinations(range(depth), 2):
+    if args.fixed:
+        fixed = tuple(int(b) for b in args.fixed.split(","))
+        sets = [tuple(sorted(fixed + (b,))) for b in range(depth) if b not in fixed]
+    else:
+        sets = list(itertools.combinations(range(depth), 2))
+    for pair in sets:
         pruned = remove_blocks(model, pair, {i: maps[i] for i in pair} if maps else None).eval()
         row = {"loss_increase": validation_loss(pruned, enc, data["dataset"], data["size"]) - base}
         if args.shapes:
@@ -51,7 +58,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"base_loss": base, "linear": args.linear, "shapes_per_category": args.shapes,
-                       "seed": args.seed, "pairs": {f"{a},{b}": r for (a, b), r in rows.items()}}, f, indent=1)
+                       "seed": args.seed, "pairs": {",".join(map(str, k)): r for k, r in rows.items()}}, f, indent=1)
     kind = "replaced by linear maps" if args.linear else "skipped"
     print(f"base validation loss {base:.4f}\n\n| blocks {kind} | loss increase |"
           + (" ShapesEval |" if args.shapes else "") + "\n|---|---:|" + ("---:|" if args.shapes else ""))

@@ -26,7 +26,7 @@ import ditkit
 from ditkit.checkpoint import save_model
 from ditkit.evaluate import shapes_eval
 from ditkit.prune import (RECOVERY_TIMES, block_scores, default_calibration_prompts, fit_linear_maps, recovery_tune,
-                          removable_order, remove_blocks)
+                          removable_order, remove_blocks, teacher_trajectories)
 
 
 def main() -> None:
@@ -47,6 +47,13 @@ def main() -> None:
     p.add_argument("--gradual", action="store_true",
                    help="remove the blocks one at a time (in --blocks order, or least harmful first), each "
                         "followed by steps/K of the recovery, instead of all at once; the steps add up to --steps")
+    p.add_argument("--train-blocks", help="tune only these blocks (comma-separated, the student's numbering; "
+                                          "everything else frozen), e.g. the stand-ins and their neighbours")
+    p.add_argument("--on-trajectory", type=int, default=0, metavar="IMAGES",
+                   help="record the teacher's guided Euler paths for this many training captions and draw "
+                        "half of every batch from their states (0: off)")
+    p.add_argument("--trajectory-below", type=float, default=1.0, metavar="T",
+                   help="keep only the recorded trajectory states with t < T (e.g. 0.8: after the layout phase)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--per-category", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -76,16 +83,27 @@ def main() -> None:
         order = removable_order({"ablation": ref["ablation"]}, "ablation")[:args.k]
     chosen = sorted(order)
     t0 = time.time()
+    paths = (teacher_trajectories(teacher, enc, data["dataset"], data["size"], args.on_trajectory, sample.guidance,
+                                  sample.steps) if args.on_trajectory else None)
+    if paths is not None and args.trajectory_below < 1.0:
+        keep = paths["t"] < args.trajectory_below
+        paths = {"x": paths["x"][keep], "t": paths["t"][keep],
+                 "captions": [c for c, k in zip(paths["captions"], keep.tolist()) if k]}
 
     def progress(i: int, n: int) -> None:
         if i % 50 == 0:
             print(f"step {i}/{n} {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
     def tune(student, steps: int, kept) -> list[dict]:
+        if args.train_blocks:  # AdamW skips parameters that get no gradient
+            trainable = {int(b) for b in args.train_blocks.split(",")}
+            for name, param in student.named_parameters():
+                parts = name.split(".")
+                param.requires_grad_(parts[0] == "blocks" and int(parts[1]) in trainable)
         return recovery_tune(student, teacher, enc, data["dataset"], data["size"], steps, lr=args.lr,
                              batch_size=args.batch, precision=args.precision, kept=kept, guidance=args.guidance,
                              feature_weight=args.feature, times=args.times, lr_decay=args.decay,
-                             ema_decay=args.ema, callback=progress)
+                             ema_decay=args.ema, callback=progress, trajectories=paths)
 
     # Gradual removal (as gradual pruning schedules do): each phase removes one more block
     # from the model the previous phase recovered, so each recovery has one block's loss
@@ -115,7 +133,8 @@ def main() -> None:
         save_model(args.save, student, sample=sample, text_encoder=pipe.config.get("text_encoder", "minilm"),
                    extra={"data": data, "pruning": {"source": args.model, "removed_blocks": chosen,
                                                     "by": "given" if args.blocks else "ablation",
-                                                    "replace_linear": bool(args.linear), "tune_steps": args.steps}})
+                                                    "replace_linear": bool(args.linear), "depth_before": len(teacher.blocks),
+                                                    "tune_steps": args.steps}})
 
 
 if __name__ == "__main__":

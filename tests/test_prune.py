@@ -114,6 +114,9 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
     code, stdout, _ = run_cli(["prune", shapes_model_dir, "--remove", 1, "--tune-steps", 2, "--batch-size", 2,
                                "--constant-lr", "--precision", "fp32", "-o", tmp_path / "const"], capsys)
     assert code == 0 and json.loads(stdout)["recovery"]["lr_decay"] is False
+    code, stdout, _ = run_cli(["prune", shapes_model_dir, "--blocks", "1", "--tune-steps", 2, "--batch-size", 2,
+                               "--on-trajectory", 2, "--precision", "fp32", "-o", tmp_path / "traj"], capsys)
+    assert code == 0 and json.loads(stdout)["recovery"]["trajectory_images"] == 2
     for args, needle in [
         (["--remove", 4], "0 <= K < depth"),
         (["--remove", -1], "--remove"),
@@ -122,6 +125,7 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
         (["--remove", 1, "--batch-size", 0], "--batch-size"),
         (["--remove", 1, "--feature-weight", -1], "--feature-weight"),
         (["--remove", 1, "--precision", "fp16"], "allowed: fp32, bf16"),
+        (["--remove", 1, "--on-trajectory", -1], "--on-trajectory"),
     ]:
         target = tmp_path / "bad"
         code, _, err = run_cli(["prune", shapes_model_dir, *args, "-o", target], capsys)
@@ -295,3 +299,29 @@ def test_recovery_bad_options(shapes_model_dir):
         recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, feature_weight=1.0)
     with pytest.raises(ValueError, match="kept"):
         recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, feature_weight=1.0, kept=[0, 1])
+
+
+def test_teacher_trajectories_record_the_guided_euler_path(shapes_model_dir):
+    """Every recorded state is the previous one plus one Euler step of the teacher's CFG
+    velocity, at the sampler's times; distilling into an exact copy on them is a fixed point."""
+    import copy
+
+    from ditkit.guidance import guided_velocity
+    from ditkit.prune import recovery_tune, teacher_trajectories
+
+    pipe = ditkit.load(shapes_model_dir)
+    teacher, enc = pipe.model.eval(), pipe.text_encoder
+    paths = teacher_trajectories(teacher, enc, "shapes", 32, images=3, guidance=3.0, steps=4, batch_size=2)
+    assert paths["x"].shape == (12, teacher.config.in_channels, 32, 32) and len(paths["captions"]) == 12
+    assert paths["t"][:2].tolist() == [1.0, 1.0] and paths["t"][2:4].tolist() == [0.75, 0.75]
+    assert paths["captions"][:2] == paths["captions"][2:4]  # the same two images, one step later
+    velocity = guided_velocity(teacher, enc.encode(paths["captions"][:2]), enc.encode(["", ""]), 3.0)
+    with torch.no_grad():
+        stepped = paths["x"][:2] + (0.75 - 1.0) * velocity(paths["x"][:2], 1.0)
+    torch.testing.assert_close(paths["x"][2:4], stepped)
+    student = copy.deepcopy(teacher)
+    log = recovery_tune(student, teacher, enc, "shapes", 32, 2, batch_size=4, precision="fp32", log_every=1,
+                        trajectories=paths)
+    assert [e["distill_loss"] for e in log] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="trajectory images must be >= 1"):
+        teacher_trajectories(teacher, enc, "shapes", 32, images=0, guidance=3.0)

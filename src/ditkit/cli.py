@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also match each kept block's output to the original's, with this weight (default 0: velocity only)")
     pr.add_argument("--distill-guidance", action="store_true",
                     help="distil the CFG-guided velocity at the model's guidance scale (twice the cost per step)")
+    pr.add_argument("--on-trajectory", type=int, default=0, metavar="IMAGES",
+                    help="draw half of every recovery batch from the original model's own guided sampling paths "
+                         "for this many training captions (default 0: forward-noised data only)")
     pr.add_argument("--precision", default="bf16",
                     help="recovery autocast (default bf16; fp32 where the CPU has no native bf16)")
     pr.add_argument("-o", "--output", required=True, help="output model folder (must not exist)")
@@ -661,6 +664,10 @@ def cmd_prune(args) -> int:
         recovery["feature_weight"] = args.feature_weight
     if args.distill_guidance:
         recovery["guidance"] = "model"
+    if args.on_trajectory < 0:
+        raise UserError(f"--on-trajectory must be >= 0 (images), got {args.on_trajectory}")
+    if args.on_trajectory:
+        recovery["trajectory_images"] = args.on_trajectory
     out = Path(args.output)
     if out.exists():
         raise UserError(f"output {args.output!r} already exists; choose a new folder")

@@ -254,11 +254,45 @@ def _guided(v: torch.Tensor, g: float) -> torch.Tensor:
     return v[n:] + g * (v[:n] - v[n:])
 
 
+def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images: int, guidance: float,
+                         steps: int = 25, seed: int = 0, batch_size: int = 16) -> dict:
+    """The states the sampler visits: Euler-`steps` CFG trajectories of the teacher from
+    training captions (never evaluation prompts) and fresh noise, every (x_t, t) recorded.
+    Forward noising x_t = (1-t) x0 + t eps samples only the data's own marginals, while a
+    guided sampler drifts to states of its own (the model's errors and CFG's overshoot
+    compound along the path); distilling there targets the errors the user actually sees
+    (the on-policy argument of consistency/LCM-style distillation, applied to recovery)."""
+    from .guidance import guided_velocity
+    from .sampling import sample_euler, timesteps
+
+    if images < 1:
+        raise ValueError(f"trajectory images must be >= 1, got {images}")
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    xs, ts, caps = [], [], []
+    for b in range(0, images, batch_size):
+        n = min(batch_size, images - b)
+        _, captions = make_batch(dataset, seed + 90_001, b // batch_size, n, size)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 90_001 + b)
+        noise = torch.randn((n, teacher.config.in_channels, size, size), generator=g).to(device)
+        inner = guided_velocity(teacher, encoder.encode(list(captions), device), encoder.encode([""] * n, device), guidance)
+
+        def recording(x: torch.Tensor, t: float, inner=inner, captions=captions) -> torch.Tensor:
+            xs.append(x.detach().cpu())
+            ts.append(torch.full((len(x),), float(t)))
+            caps.extend(captions)
+            return inner(x, t)
+
+        with torch.no_grad():
+            sample_euler(recording, noise, timesteps(steps))
+    return {"x": torch.cat(xs), "t": torch.cat(ts), "captions": caps}
+
+
 def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, steps: int, lr: float = 2e-4,
                   batch_size: int = 16, seed: int = 0, precision: str = "bf16", cfg_dropout: float = 0.1,
                   log_every: int = 50, callback=None, kept: Sequence[int] | None = None,
                   guidance: float = 0.0, feature_weight: float = 0.0, times: str = "logit-normal",
-                  lr_decay: bool = False, ema_decay: float = 0.0) -> list[dict]:
+                  lr_decay: bool = False, ema_decay: float = 0.0, trajectories: dict | None = None) -> list[dict]:
     """Distil the unpruned model's velocity into the pruned one on training-distribution
     inputs (SANA 1.5 recovers with a short fine-tune; matching the teacher's velocity
     rather than the data target keeps its behaviour, including its unconditional branch
@@ -276,7 +310,9 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     - times: "uniform" matches the Euler sampler's uniform grid; "logit-normal" the trainer's.
     - lr_decay: linear decay to zero after the warmup, so the last iterate is not noisy.
     - ema_decay > 0: keep an EMA of the student and copy it in at the end (the teacher is
-      itself an EMA model)."""
+      itself an EMA model).
+    - trajectories (from teacher_trajectories): half of every batch is states drawn from
+      the teacher's own guided sampling paths instead of forward-noised data."""
     from .train import training_autocast, update_ema
 
     if steps < 0:
@@ -304,6 +340,11 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
         else:
             t = sample_time_logit_normal(len(captions), generator=g)
         xt = interpolate(x0, eps, t)
+        if trajectories is not None:  # the first half of the batch from the sampler's own paths
+            pick = torch.randint(len(trajectories["t"]), (len(captions) // 2,), generator=g).tolist()
+            xt[:len(pick)] = trajectories["x"][pick]
+            t[:len(pick)] = trajectories["t"][pick]
+            captions = [trajectories["captions"][j] for j in pick] + list(captions[len(pick):])
         if guidance > 1:  # each image with its caption, then without (the sampler's CFG batch)
             captions = list(captions) + [""] * len(captions)
             xt, t = torch.cat([xt, xt]), torch.cat([t, t])
@@ -373,9 +414,13 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
     `tune_steps` distillation steps, and save the result to out_dir (config.json +
     model.safetensors, recording what was removed). Returns a summary dict.
 
+    recovery: recovery_tune options (guidance, feature_weight, times, lr_decay, ema_decay), plus
+    trajectory_images: N to draw half of every batch from the teacher's own CFG paths for N
+    training captions (teacher_trajectories).
+
     blocks: remove exactly these block indices instead (`remove` must then be their number
     or None). On shapes-64 a pair chosen by ShapesEval with linear stand-ins beat the pair
-    that single-block ablation picks (docs/benchmarks.md, "Which pair to remove")."""
+    that single-block ablation picks (docs/benchmarks.md, "Which blocks to remove")."""
     from .checkpoint import read_model_config, save_model
     from .pipeline import load
 
@@ -418,9 +463,16 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
     options = {**DEFAULT_RECOVERY, **(recovery or {})}
     if options.get("guidance") == "model":
         options["guidance"] = pipe.defaults.guidance
+    images = options.pop("trajectory_images", 0)
+    paths = None
+    if images and chosen and tune_steps:  # recorded at the model's own sampling settings
+        paths = teacher_trajectories(teacher, pipe.text_encoder, dataset, size, images,
+                                     pipe.defaults.guidance, pipe.defaults.steps)
     log = recovery_tune(student, teacher, pipe.text_encoder, dataset, size, tune_steps, lr=lr,
                         batch_size=batch_size, precision=precision, callback=callback, kept=kept,
-                        **options) if chosen else []
+                        trajectories=paths, **options) if chosen else []
+    if images:
+        options["trajectory_images"] = images
     tune_seconds = time.time() - t1
     summary = {"source": pipe.source, "removed_blocks": chosen, "by": by, "replace_linear": bool(replace_linear),
                "depth_before": depth, "depth_after": len(student.blocks),
