@@ -54,6 +54,8 @@ def main() -> None:
                         "half of every batch from their states (0: off)")
     p.add_argument("--trajectory-below", type=float, default=1.0, metavar="T",
                    help="keep only the recorded trajectory states with t < T (e.g. 0.8: after the layout phase)")
+    p.add_argument("--trajectory-above", type=float, default=0.0, metavar="T",
+                   help="keep only the recorded trajectory states with t >= T (e.g. 0.8: the layout phase)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--per-category", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -84,9 +86,9 @@ def main() -> None:
     chosen = sorted(order)
     t0 = time.time()
     paths = (teacher_trajectories(teacher, enc, data["dataset"], data["size"], args.on_trajectory, sample.guidance,
-                                  sample.steps) if args.on_trajectory else None)
-    if paths is not None and args.trajectory_below < 1.0:
-        keep = paths["t"] < args.trajectory_below
+                                  sample.steps, shift=sample.shift) if args.on_trajectory else None)
+    if paths is not None and (args.trajectory_below < 1.0 or args.trajectory_above > 0.0):
+        keep = (paths["t"] < args.trajectory_below) & (paths["t"] >= args.trajectory_above)
         paths = {"x": paths["x"][keep], "t": paths["t"][keep],
                  "captions": [c for c, k in zip(paths["captions"], keep.tolist()) if k]}
 

@@ -255,7 +255,7 @@ def _guided(v: torch.Tensor, g: float) -> torch.Tensor:
 
 
 def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images: int, guidance: float,
-                         steps: int = 25, seed: int = 0, batch_size: int = 16) -> dict:
+                         steps: int = 25, seed: int = 0, batch_size: int = 16, shift: float = 1.0) -> dict:
     """The states the sampler visits: Euler-`steps` CFG trajectories of the teacher from
     training captions (never evaluation prompts) and fresh noise, every (x_t, t) recorded.
     Forward noising x_t = (1-t) x0 + t eps samples only the data's own marginals, while a
@@ -284,7 +284,7 @@ def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images:
             return inner(x, t)
 
         with torch.no_grad():
-            sample_euler(recording, noise, timesteps(steps))
+            sample_euler(recording, noise, timesteps(steps, shift))
     return {"x": torch.cat(xs), "t": torch.cat(ts), "captions": caps}
 
 
@@ -467,7 +467,7 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
     paths = None
     if images and chosen and tune_steps:  # recorded at the model's own sampling settings
         paths = teacher_trajectories(teacher, pipe.text_encoder, dataset, size, images,
-                                     pipe.defaults.guidance, pipe.defaults.steps)
+                                     pipe.defaults.guidance, pipe.defaults.steps, shift=pipe.defaults.shift)
     log = recovery_tune(student, teacher, pipe.text_encoder, dataset, size, tune_steps, lr=lr,
                         batch_size=batch_size, precision=precision, callback=callback, kept=kept,
                         trajectories=paths, **options) if chosen else []
