@@ -86,9 +86,10 @@ def main() -> None:
     chosen = sorted(order)
     t0 = time.time()
     paths = (teacher_trajectories(teacher, enc, data["dataset"], data["size"], args.on_trajectory, sample.guidance,
-                                  sample.steps, shift=sample.shift) if args.on_trajectory else None)
-    if paths is not None and (args.trajectory_below < 1.0 or args.trajectory_above > 0.0):
-        keep = (paths["t"] < args.trajectory_below) & (paths["t"] >= args.trajectory_above)
+                                  sample.steps, shift=sample.shift, above=args.trajectory_above)
+             if args.on_trajectory else None)
+    if paths is not None and args.trajectory_below < 1.0:
+        keep = paths["t"] < args.trajectory_below
         paths = {"x": paths["x"][keep], "t": paths["t"][keep],
                  "captions": [c for c, k in zip(paths["captions"], keep.tolist()) if k]}
 

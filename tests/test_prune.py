@@ -115,8 +115,10 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
                                "--constant-lr", "--precision", "fp32", "-o", tmp_path / "const"], capsys)
     assert code == 0 and json.loads(stdout)["recovery"]["lr_decay"] is False
     code, stdout, _ = run_cli(["prune", shapes_model_dir, "--blocks", "1", "--tune-steps", 2, "--batch-size", 2,
-                               "--on-trajectory", 2, "--precision", "fp32", "-o", tmp_path / "traj"], capsys)
+                               "--on-trajectory", 2, "--trajectory-above", 0.8, "--precision", "fp32",
+                               "-o", tmp_path / "traj"], capsys)
     assert code == 0 and json.loads(stdout)["recovery"]["trajectory_images"] == 2
+    assert json.loads(stdout)["recovery"]["trajectory_above"] == 0.8
     for args, needle in [
         (["--remove", 4], "0 <= K < depth"),
         (["--remove", -1], "--remove"),
@@ -126,6 +128,7 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
         (["--remove", 1, "--feature-weight", -1], "--feature-weight"),
         (["--remove", 1, "--precision", "fp16"], "allowed: fp32, bf16"),
         (["--remove", 1, "--on-trajectory", -1], "--on-trajectory"),
+        (["--remove", 1, "--on-trajectory", 4, "--trajectory-above", 1.5], "--trajectory-above"),
     ]:
         target = tmp_path / "bad"
         code, _, err = run_cli(["prune", shapes_model_dir, *args, "-o", target], capsys)
@@ -323,5 +326,10 @@ def test_teacher_trajectories_record_the_guided_euler_path(shapes_model_dir):
     log = recovery_tune(student, teacher, enc, "shapes", 32, 2, batch_size=4, precision="fp32", log_every=1,
                         trajectories=paths)
     assert [e["distill_loss"] for e in log] == [0.0, 0.0]
+    late = teacher_trajectories(teacher, enc, "shapes", 32, images=3, guidance=3.0, steps=4, batch_size=2, above=0.5)
+    assert late["t"].tolist() == [1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 1.0, 0.75, 0.5]  # the same states, t < 0.5 left out
+    torch.testing.assert_close(late["x"][:6], paths["x"][:6])
     with pytest.raises(ValueError, match="trajectory images must be >= 1"):
         teacher_trajectories(teacher, enc, "shapes", 32, images=0, guidance=3.0)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        teacher_trajectories(teacher, enc, "shapes", 32, images=1, guidance=3.0, above=1.0)

@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--on-trajectory", type=int, default=0, metavar="IMAGES",
                     help="draw half of every recovery batch from the original model's own guided sampling paths "
                          "for this many training captions (default 0: forward-noised data only)")
+    pr.add_argument("--trajectory-above", type=float, default=0.0, metavar="T",
+                    help="with --on-trajectory, keep only the path states with t >= T (0.8: the layout phase, "
+                         "as for the shipped shapes-64-pruned; default 0: all)")
     pr.add_argument("--precision", default="bf16",
                     help="recovery autocast (default bf16; fp32 where the CPU has no native bf16)")
     pr.add_argument("-o", "--output", required=True, help="output model folder (must not exist)")
@@ -666,8 +669,10 @@ def cmd_prune(args) -> int:
         recovery["guidance"] = "model"
     if args.on_trajectory < 0:
         raise UserError(f"--on-trajectory must be >= 0 (images), got {args.on_trajectory}")
+    if not 0.0 <= args.trajectory_above < 1.0:
+        raise UserError(f"--trajectory-above must be in [0, 1), got {args.trajectory_above}")
     if args.on_trajectory:
-        recovery["trajectory_images"] = args.on_trajectory
+        recovery.update(trajectory_images=args.on_trajectory, trajectory_above=args.trajectory_above)
     out = Path(args.output)
     if out.exists():
         raise UserError(f"output {args.output!r} already exists; choose a new folder")

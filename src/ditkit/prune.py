@@ -255,18 +255,23 @@ def _guided(v: torch.Tensor, g: float) -> torch.Tensor:
 
 
 def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images: int, guidance: float,
-                         steps: int = 25, seed: int = 0, batch_size: int = 16, shift: float = 1.0) -> dict:
+                         steps: int = 25, seed: int = 0, batch_size: int = 16, shift: float = 1.0,
+                         above: float = 0.0) -> dict:
     """The states the sampler visits: Euler-`steps` CFG trajectories of the teacher from
     training captions (never evaluation prompts) and fresh noise, every (x_t, t) recorded.
     Forward noising x_t = (1-t) x0 + t eps samples only the data's own marginals, while a
     guided sampler drifts to states of its own (the model's errors and CFG's overshoot
     compound along the path); distilling there targets the errors the user actually sees
-    (the on-policy argument of consistency/LCM-style distillation, applied to recovery)."""
+    (the on-policy argument of consistency/LCM-style distillation, applied to recovery).
+    above: keep only the states with t >= above; 0.8 keeps the layout phase, where on
+    shapes-64 the gain is (docs/benchmarks.md, "Which blocks to remove")."""
     from .guidance import guided_velocity
     from .sampling import sample_euler, timesteps
 
     if images < 1:
         raise ValueError(f"trajectory images must be >= 1, got {images}")
+    if not 0.0 <= above < 1.0:
+        raise ValueError(f"trajectory states kept above t = {above}: must be in [0, 1)")
     device = next(teacher.parameters()).device
     teacher.eval()
     xs, ts, caps = [], [], []
@@ -278,9 +283,10 @@ def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images:
         inner = guided_velocity(teacher, encoder.encode(list(captions), device), encoder.encode([""] * n, device), guidance)
 
         def recording(x: torch.Tensor, t: float, inner=inner, captions=captions) -> torch.Tensor:
-            xs.append(x.detach().cpu())
-            ts.append(torch.full((len(x),), float(t)))
-            caps.extend(captions)
+            if t >= above:
+                xs.append(x.detach().cpu())
+                ts.append(torch.full((len(x),), float(t)))
+                caps.extend(captions)
             return inner(x, t)
 
         with torch.no_grad():
@@ -416,7 +422,8 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
 
     recovery: recovery_tune options (guidance, feature_weight, times, lr_decay, ema_decay), plus
     trajectory_images: N to draw half of every batch from the teacher's own CFG paths for N
-    training captions (teacher_trajectories).
+    training captions, and trajectory_above: T to keep only their states with t >= T
+    (teacher_trajectories).
 
     blocks: remove exactly these block indices instead (`remove` must then be their number
     or None). On shapes-64 a pair chosen by ShapesEval with linear stand-ins beat the pair
@@ -464,15 +471,16 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
     if options.get("guidance") == "model":
         options["guidance"] = pipe.defaults.guidance
     images = options.pop("trajectory_images", 0)
+    above = options.pop("trajectory_above", 0.0)
     paths = None
     if images and chosen and tune_steps:  # recorded at the model's own sampling settings
-        paths = teacher_trajectories(teacher, pipe.text_encoder, dataset, size, images,
-                                     pipe.defaults.guidance, pipe.defaults.steps, shift=pipe.defaults.shift)
+        paths = teacher_trajectories(teacher, pipe.text_encoder, dataset, size, images, pipe.defaults.guidance,
+                                     pipe.defaults.steps, shift=pipe.defaults.shift, above=above)
     log = recovery_tune(student, teacher, pipe.text_encoder, dataset, size, tune_steps, lr=lr,
                         batch_size=batch_size, precision=precision, callback=callback, kept=kept,
                         trajectories=paths, **options) if chosen else []
     if images:
-        options["trajectory_images"] = images
+        options.update(trajectory_images=images, trajectory_above=above)
     tune_seconds = time.time() - t1
     summary = {"source": pipe.source, "removed_blocks": chosen, "by": by, "replace_linear": bool(replace_linear),
                "depth_before": depth, "depth_after": len(student.blocks),
