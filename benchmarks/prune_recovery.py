@@ -133,8 +133,10 @@ def main() -> None:
     with open(args.log, "a") as f:
         f.write(json.dumps(row) + "\n")
     if args.save:
+        # the source's other fields (data, trained_steps) carried over, as `ditkit prune` does
+        extra = {k: v for k, v in pipe.config.items() if k not in ("model", "sample", "text_encoder", "format")}
         save_model(args.save, student, sample=sample, text_encoder=pipe.config.get("text_encoder", "minilm"),
-                   extra={"data": data, "pruning": {"source": args.model, "removed_blocks": chosen,
+                   extra={**extra, "pruning": {"source": args.model, "removed_blocks": chosen,
                                                     "by": "given" if args.blocks else "ablation",
                                                     "replace_linear": bool(args.linear), "depth_before": len(teacher.blocks),
                                                     "tune_steps": args.steps}})
