@@ -56,6 +56,12 @@ def main() -> None:
                    help="keep only the recorded trajectory states with t < T (e.g. 0.8: after the layout phase)")
     p.add_argument("--trajectory-above", type=float, default=0.0, metavar="T",
                    help="keep only the recorded trajectory states with t >= T (e.g. 0.8: the layout phase)")
+    p.add_argument("--on-policy", action="store_true",
+                   help="record the --on-trajectory paths from the pruned student itself (at the start and "
+                        "every --refresh steps) instead of the teacher; the target stays the teacher's velocity")
+    p.add_argument("--refresh", type=int, default=0, metavar="STEPS",
+                   help="with --on-policy: re-record the student's paths every STEPS steps (0: once)")
+    p.add_argument("--tune-seed", type=int, default=0, help="the recovery's data and noise seed")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--per-category", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -85,13 +91,20 @@ def main() -> None:
         order = removable_order({"ablation": ref["ablation"]}, "ablation")[:args.k]
     chosen = sorted(order)
     t0 = time.time()
-    paths = (teacher_trajectories(teacher, enc, data["dataset"], data["size"], args.on_trajectory, sample.guidance,
-                                  sample.steps, shift=sample.shift, above=args.trajectory_above)
-             if args.on_trajectory else None)
-    if paths is not None and args.trajectory_below < 1.0:
-        keep = paths["t"] < args.trajectory_below
-        paths = {"x": paths["x"][keep], "t": paths["t"][keep],
-                 "captions": [c for c, k in zip(paths["captions"], keep.tolist()) if k]}
+    def record(model, seed: int = 0) -> dict:
+        paths = teacher_trajectories(model, enc, data["dataset"], data["size"], args.on_trajectory, sample.guidance,
+                                     sample.steps, seed=seed, shift=sample.shift, above=args.trajectory_above)
+        if args.trajectory_below < 1.0:
+            keep = paths["t"] < args.trajectory_below
+            paths = {"x": paths["x"][keep], "t": paths["t"][keep],
+                     "captions": [c for c, k in zip(paths["captions"], keep.tolist()) if k]}
+        return paths
+
+    if args.on_policy and not args.on_trajectory:
+        p.error("--on-policy needs --on-trajectory N")
+    recordings = iter(range(1_000_000))  # each refresh draws fresh captions and noise
+    paths = (None if not args.on_trajectory else
+             (lambda student: record(student, next(recordings))) if args.on_policy else record(teacher))
 
     def progress(i: int, n: int) -> None:
         if i % 50 == 0:
@@ -106,7 +119,8 @@ def main() -> None:
         return recovery_tune(student, teacher, enc, data["dataset"], data["size"], steps, lr=args.lr,
                              batch_size=args.batch, precision=args.precision, kept=kept, guidance=args.guidance,
                              feature_weight=args.feature, times=args.times, lr_decay=args.decay,
-                             ema_decay=args.ema, callback=progress, trajectories=paths)
+                             ema_decay=args.ema, callback=progress, trajectories=paths,
+                             refresh_every=args.refresh, seed=args.tune_seed)
 
     # Gradual removal (as gradual pruning schedules do): each phase removes one more block
     # from the model the previous phase recovered, so each recovery has one block's loss

@@ -128,6 +128,7 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
         (["--remove", 1, "--feature-weight", -1], "--feature-weight"),
         (["--remove", 1, "--precision", "fp16"], "allowed: fp32, bf16"),
         (["--remove", 1, "--on-trajectory", -1], "--on-trajectory"),
+        (["--remove", 1, "--by", "benchmark", "--screen-per-category", 0], "--screen-per-category"),
         (["--remove", 1, "--on-trajectory", 4, "--trajectory-above", 1.5], "--trajectory-above"),
     ]:
         target = tmp_path / "bad"
@@ -142,6 +143,53 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
     assert_one_line_error(code, err, "no prompts")
     code, _, err = run_cli(["prune", tiny_model_dir, "--remove", 0, "-o", tmp_path / "nodata"], capsys)
     assert_one_line_error(code, err, "training data")
+
+
+def test_benchmark_screen_is_greedy_and_joint(shapes_model_dir, monkeypatch):
+    """Each round tries every block not yet chosen, together with those chosen, and keeps the
+    best benchmark score (a stand-in benchmark here that rewards removing block 3, then 0)."""
+    import ditkit.prune as prune
+
+    pipe = ditkit.load(shapes_model_dir)
+    teacher, enc = pipe.model.eval(), pipe.text_encoder
+    maps = fit_linear_maps(teacher, enc, range(4), "shapes", 32, batches=1, batch_size=4)
+    seen = []
+
+    def fake_benchmark(model, encoder, dataset, sample, per_category, seed):
+        replaced = set(model.config.linear_blocks)  # stand-ins keep the numbering
+        seen.append(tuple(sorted(replaced)))
+        return 1.0 * (3 in replaced) + 0.5 * (0 in replaced) - 0.25 * (1 in replaced)
+
+    monkeypatch.setattr(prune, "benchmark_score", fake_benchmark)
+    screen = prune.benchmark_screen(teacher, enc, 2, "shapes", 32, pipe.defaults, maps, per_category=1)
+    assert screen["chosen"] == [0, 3]
+    assert seen == [(0,), (1,), (2,), (3,), (0, 3), (1, 3), (2, 3)]
+    assert [sorted(r) for r in screen["rounds"]] == [[0, 1, 2, 3], [0, 1, 2]]
+    # Ties go to the smaller validation-loss increase: with a flat benchmark the first round
+    # is single-block ablation's choice.
+    monkeypatch.setattr(prune, "benchmark_score", lambda *a: 0.0)
+    flat = prune.benchmark_screen(teacher, enc, 1, "shapes", 32, pipe.defaults)
+    increase = prune.ablation_losses(teacher, enc, "shapes", 32)["increase"]
+    assert flat["chosen"] == [min(range(4), key=increase.__getitem__)]
+    with pytest.raises(ValueError, match="0 <= K < depth"):
+        prune.benchmark_screen(teacher, enc, 4, "shapes", 32, pipe.defaults)
+    with pytest.raises(ValueError, match="no benchmark for dataset"):
+        monkeypatch.undo()
+        prune.benchmark_score(teacher, enc, "cifar", pipe.defaults, 1, 1)
+
+
+def test_cli_prune_by_benchmark(shapes_model_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code, stdout, _ = run_cli(["prune", shapes_model_dir, "--remove", 1, "--by", "benchmark", "--replace-linear",
+                               "--screen-per-category", 2, "--tune-steps", 1, "--batch-size", 2, "--precision", "fp32", "-o", out], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    screen = summary["scores"]["benchmark"]
+    assert summary["by"] == "benchmark" and summary["removed_blocks"] == screen["chosen"]
+    assert sorted(screen["rounds"][0]) == ["0", "1", "2", "3"] and screen["seed"] == 1
+    assert screen["per_category"] == 2
+    assert all(0.0 <= r["benchmark"] <= 1.0 for r in screen["rounds"][0].values())
+    assert ditkit.load(out).model.config.linear_blocks == tuple(screen["chosen"])
 
 
 def test_cli_analyze_ditkit_with_ablation_truth(shapes_model_dir, tmp_path, capsys):
@@ -245,6 +293,10 @@ def test_prune_diffusers_pixart_folder(by, tmp_path, capsys):
     assert len(again.transformer_blocks) == 3 and again.config.num_layers == 3
     code, _, err = run_cli(["prune", tmp_path / "pixart", "--remove", 4, "-o", tmp_path / "bad"], capsys)
     assert_one_line_error(code, err, "0 <= K < depth")
+    code, _, err = run_cli(["prune", tmp_path / "pixart", "--remove", 1, "--by", "benchmark", "-o", tmp_path / "bad"],
+                           capsys)
+    assert_one_line_error(code, err, "--by benchmark are for ditkit models")
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("options", [
@@ -302,6 +354,34 @@ def test_recovery_bad_options(shapes_model_dir):
         recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, feature_weight=1.0)
     with pytest.raises(ValueError, match="kept"):
         recovery_tune(student, teacher, pipe.text_encoder, "shapes", 32, 1, feature_weight=1.0, kept=[0, 1])
+
+
+def test_recovery_on_policy_records_the_students_own_paths_on_a_schedule(shapes_model_dir):
+    """A callable `trajectories` is called with the student being tuned (in eval mode, training
+    restored after) at step 0 and every refresh_every steps, so later paths come from the
+    tuned weights; the recorded states are the student's, not the teacher's."""
+    from ditkit.prune import recovery_tune, remove_blocks, teacher_trajectories
+
+    pipe = ditkit.load(shapes_model_dir)
+    teacher, enc = pipe.model.eval(), pipe.text_encoder
+    student = remove_blocks(teacher, [0])
+    calls = []
+
+    def record(model):
+        calls.append((model is student, model.training, [p.detach().clone() for p in model.parameters()]))
+        return teacher_trajectories(model, enc, "shapes", 32, images=2, guidance=3.0, steps=4, batch_size=2, above=0.5)
+
+    recovery_tune(student, teacher, enc, "shapes", 32, 5, batch_size=2, precision="fp32", trajectories=record,
+                  refresh_every=2)
+    assert len(calls) == 3 and all(is_student and training for is_student, training, _ in calls)  # steps 0, 2, 4
+    assert any(not torch.equal(a, b) for a, b in zip(calls[0][2], calls[1][2]))  # re-recorded after tuning
+    own = teacher_trajectories(remove_blocks(teacher, [0]), enc, "shapes", 32, images=2, guidance=3.0, steps=4,
+                               batch_size=2, above=0.5)
+    theirs = teacher_trajectories(teacher, enc, "shapes", 32, images=2, guidance=3.0, steps=4, batch_size=2, above=0.5)
+    torch.testing.assert_close(own["x"][:2], theirs["x"][:2])  # the same starting noise ...
+    assert not torch.allclose(own["x"][2:], theirs["x"][2:])  # ... then the student's own steps
+    with pytest.raises(ValueError, match="refresh_every must be >= 0"):
+        recovery_tune(student, teacher, enc, "shapes", 32, 1, trajectories=record, refresh_every=-1)
 
 
 def test_teacher_trajectories_record_the_guided_euler_path(shapes_model_dir):

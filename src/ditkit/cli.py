@@ -192,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="embedded model name or model folder")
     pr.add_argument("--remove", type=int, metavar="K", help="number of blocks to remove (0 <= K < depth)")
     pr.add_argument("--blocks", metavar="I,J,...", help="remove exactly these block indices (instead of --remove/--by)")
-    pr.add_argument("--by", default="influence", help="influence, linearity or ablation (default influence)")
+    pr.add_argument("--by", default="influence",
+                    help="influence, linearity, ablation (one score per block), or benchmark: a greedy joint screen "
+                         "by the model's own benchmark (ShapesEval / digits accuracy) on its tuning seed, before "
+                         "recovery, with the stand-ins if --replace-linear (default influence)")
+    pr.add_argument("--screen-per-category", type=int, default=10, metavar="N",
+                    help="--by benchmark: prompts per benchmark category in each screened set (default 10)")
     pr.add_argument("--replace-linear", action="store_true", help="replace removed blocks by fitted linear maps")
     pr.add_argument("--tune-steps", type=int, default=500, help="recovery fine-tune steps (default 500)")
     pr.add_argument("--prompts", help="calibration prompts file, one per line (default: the model's benchmark)")
@@ -638,10 +643,10 @@ def cmd_analyze(args) -> int:
 
 def cmd_prune(args) -> int:
     from .progress import progress_bar
-    from .prune import SELECTORS, prune_model
+    from .prune import PRUNE_SELECTORS, prune_model
 
-    if args.by not in SELECTORS:
-        raise UserError(f"unknown --by {args.by!r}; allowed: {', '.join(SELECTORS)}")
+    if args.by not in PRUNE_SELECTORS:
+        raise UserError(f"unknown --by {args.by!r}; allowed: {', '.join(PRUNE_SELECTORS)}")
     blocks = None
     if args.blocks is not None:
         try:
@@ -656,6 +661,8 @@ def cmd_prune(args) -> int:
         raise UserError(f"--remove must be >= 0, got {args.remove}")
     if args.tune_steps < 0:
         raise UserError(f"--tune-steps must be >= 0, got {args.tune_steps}")
+    if args.screen_per_category < 1:
+        raise UserError(f"--screen-per-category must be >= 1, got {args.screen_per_category}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.precision not in ("fp32", "bf16"):
@@ -688,11 +695,14 @@ def cmd_prune(args) -> int:
     try:
         from .analysis import is_diffusers_folder
 
-        with progress_bar("recovery tune", max(1, args.tune_steps)) as cb:
+        # --by benchmark first screens the blocks (one generation benchmark per candidate set):
+        # the same bar then counts those evaluations, then the recovery steps.
+        label = "benchmark screen, then recovery tune" if args.by == "benchmark" else "recovery tune"
+        with progress_bar(label, max(1, args.tune_steps), follow_total=args.by == "benchmark") as cb:
             if is_diffusers_folder(args.model):
-                if args.replace_linear or blocks is not None:
-                    raise UserError("--replace-linear and --blocks are for ditkit models; diffusers blocks are "
-                                    "chosen with --remove K --by")
+                if args.replace_linear or blocks is not None or args.by == "benchmark":
+                    raise UserError("--replace-linear, --blocks and --by benchmark are for ditkit models; diffusers "
+                                    "blocks are chosen with --remove K --by influence, linearity or ablation")
                 from .prune import prune_diffusers
 
                 summary = prune_diffusers(args.model, args.remove, args.by, args.tune_steps, tmp, callback=cb)
@@ -700,7 +710,8 @@ def cmd_prune(args) -> int:
                 summary = prune_model(args.model, args.remove, args.by, args.replace_linear, args.tune_steps, tmp,
                                       prompts=prompts, lr=args.lr, device=args.device, callback=cb,
                                       batch_size=args.batch_size, precision=args.precision, recovery=recovery,
-                                      blocks=blocks)
+                                      blocks=blocks, screen_callback=cb,
+                                      screen_per_category=args.screen_per_category)
         os.replace(tmp, out)
     except BaseException:
         import shutil

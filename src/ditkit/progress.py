@@ -13,7 +13,8 @@ def stderr_console():
 
 
 @contextmanager
-def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(label: str, total: int, enabled: bool = True,
+                 follow_total: bool = False) -> Iterator[Callable[[int, int], None]]:
     """Yields a callback(done, total) that advances a rich bar on stderr."""
     if not enabled:
         yield lambda done, total: None
@@ -23,4 +24,7 @@ def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Calla
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=stderr_console(), transient=True) as p:
         task = p.add_task(label, total=total)
-        yield lambda done, _total: p.update(task, completed=done)
+        if follow_total:  # one bar for phases of different lengths: each report sets the total
+            yield lambda done, total: p.update(task, completed=done, total=total)
+        else:
+            yield lambda done, _total: p.update(task, completed=done)

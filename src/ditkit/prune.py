@@ -30,7 +30,10 @@ from .flow import flow_loss, interpolate, sample_time_logit_normal
 from .model import DiT
 from .precision import training_precision
 
-SELECTORS = ("influence", "linearity", "ablation")
+SELECTORS = ("influence", "linearity", "ablation")  # one score per block
+# "benchmark" scores whole sets of removed blocks (benchmark_screen): on shapes-64 the
+# per-block scores missed the best pair (docs/benchmarks.md, "Which blocks to remove").
+PRUNE_SELECTORS = SELECTORS + ("benchmark",)
 
 
 def _check_remove(model: DiT, remove: Sequence[int]) -> list[int]:
@@ -187,6 +190,60 @@ def block_scores(model: DiT, encoder, by: str, dataset: str, size: int, prompts:
     return {"influence": res["mean"]["influence"], "linearity": res["mean"]["linearity"]}
 
 
+def benchmark_score(model: DiT, encoder, dataset: str, sample, per_category: int, seed: int) -> float:
+    """The dataset's own benchmark at the model's sampling settings: ShapesEval overall for
+    shapes, judge accuracy for digits."""
+    from .evaluate import digits_eval, shapes_eval
+
+    if dataset == "shapes":
+        return float(shapes_eval(model, encoder, sample, per_category, seed)["overall"])
+    if dataset == "digits":
+        return float(digits_eval(model, encoder, sample, per_category, seed)["accuracy"])
+    raise ValueError(f"no benchmark for dataset {dataset!r} (shapes and digits have one); "
+                     "choose blocks with --by influence, linearity or ablation")
+
+
+def benchmark_screen(model: DiT, encoder, remove: int, dataset: str, size: int, sample,
+                     linear_maps: dict | None = None, per_category: int = 10, seed: int = 1,
+                     callback=None) -> dict:
+    """Choose `remove` blocks by the benchmark itself, jointly: greedily add the block whose
+    removal together with those already chosen (replaced by `linear_maps` stand-ins where
+    given, else skipped) keeps the benchmark highest, before any recovery; ties go to the
+    lower validation-loss increase. Per-block scores judge each block alone and by loss:
+    on shapes-64 neither found blocks 1 and 7, which a screen of all 28 pairs by ShapesEval
+    did, and the loss increase of the 28 pairs did not predict their ShapesEval (Spearman
+    +0.23; docs/benchmarks.md, "Which blocks to remove"). The greedy search costs
+    depth + (depth - 1) + ... evaluations instead of all subsets.
+
+    seed 1 is ShapesEval's tuning seed: the reported seed 0 stays unseen.
+    Returns {"chosen": sorted blocks, "rounds": [{block: {"benchmark", "loss_increase"}}]}."""
+    depth = len(model.blocks)
+    check_k(remove, depth)
+    if per_category < 1:
+        raise ValueError(f"benchmark prompts per category must be >= 1, got {per_category}")
+    base = validation_loss(model, encoder, dataset, size)
+    chosen: list[int] = []
+    rounds = []
+    total = sum(depth - r for r in range(remove))
+    done = 0
+    for _ in range(remove):
+        tried = {}
+        for b in range(depth):
+            if b in chosen:
+                continue
+            trial = sorted(chosen + [b])
+            pruned = remove_blocks(model, trial, {i: linear_maps[i] for i in trial} if linear_maps else None).eval()
+            tried[b] = {"benchmark": benchmark_score(pruned, encoder, dataset, sample, per_category, seed),
+                        "loss_increase": validation_loss(pruned, encoder, dataset, size) - base}
+            done += 1
+            if callback:
+                callback(done, total)
+        best = max(tried, key=lambda b: (tried[b]["benchmark"], -tried[b]["loss_increase"]))
+        chosen.append(best)
+        rounds.append(tried)
+    return {"chosen": sorted(chosen), "rounds": rounds, "per_category": per_category, "seed": seed}
+
+
 # ----------------------------------------------------------------------------
 # linear replacement and recovery
 # ----------------------------------------------------------------------------
@@ -273,7 +330,13 @@ def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images:
     if not 0.0 <= above < 1.0:
         raise ValueError(f"trajectory states kept above t = {above}: must be in [0, 1)")
     device = next(teacher.parameters()).device
+    was_training = teacher.training
     teacher.eval()
+    schedule = timesteps(steps, shift)
+    # Only the states at t >= above are kept, so the path stops after the last of them:
+    # with above=0.8 that is 5 of 25 steps, a fifth of the cost (Euler is sequential, so
+    # the kept states are the same as on the full path).
+    schedule = schedule[:int((schedule[:-1] >= above).sum()) + 1]
     xs, ts, caps = [], [], []
     for b in range(0, images, batch_size):
         n = min(batch_size, images - b)
@@ -290,7 +353,9 @@ def teacher_trajectories(teacher: DiT, encoder, dataset: str, size: int, images:
             return inner(x, t)
 
         with torch.no_grad():
-            sample_euler(recording, noise, timesteps(steps, shift))
+            sample_euler(recording, noise, schedule)
+    if was_training:
+        teacher.train()
     return {"x": torch.cat(xs), "t": torch.cat(ts), "captions": caps}
 
 
@@ -298,7 +363,8 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
                   batch_size: int = 16, seed: int = 0, precision: str = "bf16", cfg_dropout: float = 0.1,
                   log_every: int = 50, callback=None, kept: Sequence[int] | None = None,
                   guidance: float = 0.0, feature_weight: float = 0.0, times: str = "logit-normal",
-                  lr_decay: bool = False, ema_decay: float = 0.0, trajectories: dict | None = None) -> list[dict]:
+                  lr_decay: bool = False, ema_decay: float = 0.0, trajectories=None,
+                  refresh_every: int = 0) -> list[dict]:
     """Distil the unpruned model's velocity into the pruned one on training-distribution
     inputs (SANA 1.5 recovers with a short fine-tune; matching the teacher's velocity
     rather than the data target keeps its behaviour, including its unconditional branch
@@ -318,7 +384,11 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     - ema_decay > 0: keep an EMA of the student and copy it in at the end (the teacher is
       itself an EMA model).
     - trajectories (from teacher_trajectories): half of every batch is states drawn from
-      the teacher's own guided sampling paths instead of forward-noised data."""
+      the teacher's own guided sampling paths instead of forward-noised data. A callable
+      student -> such a dict instead records them from the student itself, at the start
+      and every `refresh_every` steps (0: once): on-policy distillation, as DAgger
+      (Ross et al., AISTATS 2011) corrects a learner on the states its own errors lead
+      to; the target is still the teacher's velocity there."""
     from .train import training_autocast, update_ema
 
     if steps < 0:
@@ -333,10 +403,15 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     ema = copy.deepcopy(student).requires_grad_(False) if ema_decay > 0 else None
+    if refresh_every < 0:
+        raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
+    record_paths = trajectories if callable(trajectories) else None
     warmup = 20
     features = feature_weight > 0
     log = []
     for step in range(steps):
+        if record_paths is not None and (step == 0 or (refresh_every and step % refresh_every == 0)):
+            trajectories = record_paths(student)
         x0, captions = make_batch(dataset, seed + 70_001, step, batch_size, size)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         drop = torch.rand(len(captions), generator=g) < cfg_dropout
@@ -415,7 +490,8 @@ def default_calibration_prompts(dataset: str, n: int = 16) -> list[str]:
 def prune_model(model: str | Path, remove: int, by: str = "influence", replace_linear: bool = False,
                 tune_steps: int = 500, out_dir: str | Path | None = None, prompts: Sequence[str] | None = None,
                 lr: float = 5e-5, batch_size: int = 16, precision: str = "bf16", device: str = "cpu",
-                callback=None, recovery: dict | None = None, blocks: Sequence[int] | None = None) -> dict:
+                callback=None, recovery: dict | None = None, blocks: Sequence[int] | None = None,
+                screen_callback=None, screen_per_category: int = 10) -> dict:
     """Remove `remove` blocks of a model folder / embedded model chosen by `by`, recover with
     `tune_steps` distillation steps, and save the result to out_dir (config.json +
     model.safetensors, recording what was removed). Returns a summary dict.
@@ -424,6 +500,10 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
     trajectory_images: N to draw half of every batch from the teacher's own CFG paths for N
     training captions, and trajectory_above: T to keep only their states with t >= T
     (teacher_trajectories).
+
+    by "benchmark": choose the blocks jointly by the model's own benchmark on its tuning
+    seed (benchmark_screen with screen_per_category prompts per category; screen_callback(done,
+    total) reports its evaluations).
 
     blocks: remove exactly these block indices instead (`remove` must then be their number
     or None). On shapes-64 a pair chosen by ShapesEval with linear stand-ins beat the pair
@@ -440,8 +520,8 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
             raise ValueError(f"remove={remove} does not match the {len(blocks)} blocks given ({blocks})")
         remove, by = len(blocks), "given"
     check_k(remove, depth)
-    if by not in SELECTORS and blocks is None:
-        raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(SELECTORS)}")
+    if by not in PRUNE_SELECTORS and blocks is None:
+        raise ValueError(f"unknown selector {by!r}; allowed: {', '.join(PRUNE_SELECTORS)}")
     if tune_steps < 0:
         raise ValueError(f"tune steps must be >= 0, got {tune_steps}")
     if prompts is not None and not list(prompts):
@@ -458,6 +538,11 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
         scores, chosen = {}, blocks
     elif remove == 0:
         scores, order, chosen = {}, list(range(depth)), []
+    elif by == "benchmark":
+        all_maps = fit_linear_maps(teacher, pipe.text_encoder, range(depth), dataset, size) if replace_linear else None
+        screen = benchmark_screen(teacher, pipe.text_encoder, remove, dataset, size, pipe.defaults, all_maps,
+                                  per_category=screen_per_category, callback=screen_callback)
+        scores, chosen = {"benchmark": screen}, screen["chosen"]
     else:
         scores = block_scores(teacher, pipe.text_encoder, by, dataset, size, prompts)
         order = removable_order(scores, by)
