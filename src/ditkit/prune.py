@@ -195,12 +195,16 @@ def benchmark_score(model: DiT, encoder, dataset: str, sample, per_category: int
     shapes, judge accuracy for digits."""
     from .evaluate import digits_eval, shapes_eval
 
+    _check_benchmark(dataset)
     if dataset == "shapes":
         return float(shapes_eval(model, encoder, sample, per_category, seed)["overall"])
-    if dataset == "digits":
-        return float(digits_eval(model, encoder, sample, per_category, seed)["accuracy"])
-    raise ValueError(f"no benchmark for dataset {dataset!r} (shapes and digits have one); "
-                     "choose blocks with --by influence, linearity or ablation")
+    return float(digits_eval(model, encoder, sample, per_category, seed)["accuracy"])
+
+
+def _check_benchmark(dataset: str) -> None:
+    if dataset not in ("shapes", "digits"):
+        raise ValueError(f"no benchmark for dataset {dataset!r} (shapes and digits have one); "
+                         "choose blocks with --by influence, linearity or ablation")
 
 
 def benchmark_screen(model: DiT, encoder, remove: int, dataset: str, size: int, sample,
@@ -219,6 +223,7 @@ def benchmark_screen(model: DiT, encoder, remove: int, dataset: str, size: int, 
     Returns {"chosen": sorted blocks, "rounds": [{block: {"benchmark", "loss_increase"}}]}."""
     depth = len(model.blocks)
     check_k(remove, depth)
+    _check_benchmark(dataset)  # before any work
     if per_category < 1:
         raise ValueError(f"benchmark prompts per category must be >= 1, got {per_category}")
     base = validation_loss(model, encoder, dataset, size)
