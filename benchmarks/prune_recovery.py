@@ -15,6 +15,7 @@ The unpruned model's score and the ablation order are computed once and cached i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -102,7 +103,7 @@ def main() -> None:
 
     if args.on_policy and not args.on_trajectory:
         p.error("--on-policy needs --on-trajectory N")
-    recordings = iter(range(1_000_000))  # each refresh draws fresh captions and noise
+    recordings = itertools.count()  # each refresh draws fresh captions and noise
     paths = (None if not args.on_trajectory else
              (lambda student: record(student, next(recordings))) if args.on_policy else record(teacher))
 

@@ -402,14 +402,14 @@ def recovery_tune(student: DiT, teacher: DiT, encoder, dataset: str, size: int, 
         raise ValueError(f"unknown recovery time sampling {times!r}; allowed: {', '.join(RECOVERY_TIMES)}")
     if feature_weight > 0 and (kept is None or len(kept) != len(student.blocks)):
         raise ValueError("feature matching needs `kept`: the teacher's block index of every student block")
+    if refresh_every < 0:
+        raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
     device = next(student.parameters()).device
     precision = training_precision(precision, device)
     teacher.eval()
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     ema = copy.deepcopy(student).requires_grad_(False) if ema_decay > 0 else None
-    if refresh_every < 0:
-        raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
     record_paths = trajectories if callable(trajectories) else None
     warmup = 20
     features = feature_weight > 0
@@ -539,6 +539,7 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
                          "pruning needs it for calibration and recovery")
     prompts = list(prompts) if prompts is not None else default_calibration_prompts(dataset)
     t0 = time.time()
+    all_maps = None  # the stand-ins of every block, when the screen fits them
     if blocks is not None:
         scores, chosen = {}, blocks
     elif remove == 0:
@@ -552,7 +553,12 @@ def prune_model(model: str | Path, remove: int, by: str = "influence", replace_l
         scores = block_scores(teacher, pipe.text_encoder, by, dataset, size, prompts)
         order = removable_order(scores, by)
         chosen = sorted(order[:remove])
-    maps = fit_linear_maps(teacher, pipe.text_encoder, chosen, dataset, size) if replace_linear and chosen else None
+    if not (replace_linear and chosen):
+        maps = None
+    elif all_maps is not None:  # each block's fit is independent of the others: reuse the screen's
+        maps = {i: all_maps[i] for i in chosen}
+    else:
+        maps = fit_linear_maps(teacher, pipe.text_encoder, chosen, dataset, size)
     student = remove_blocks(teacher, chosen, maps)
     score_seconds = time.time() - t0
     t1 = time.time()
