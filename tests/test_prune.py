@@ -12,7 +12,7 @@ import torch
 
 import ditkit
 from ditkit.model import DiT, LinearBlock
-from ditkit.prune import (check_k, fit_linear_maps, prune_model, remove_blocks, removable_order, skipping,
+from ditkit.prune import (check_k, fit_linear_maps, prune_model, remove_blocks, removable_order, skipping, solve_affine,
                           validation_loss)
 from conftest import save_perturbed_model
 from test_cli import assert_one_line_error, run_cli
@@ -413,3 +413,16 @@ def test_teacher_trajectories_record_the_guided_euler_path(shapes_model_dir):
         teacher_trajectories(teacher, enc, "shapes", 32, images=0, guidance=3.0)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
         teacher_trajectories(teacher, enc, "shapes", 32, images=1, guidance=3.0, above=1.0)
+
+
+def test_solve_affine_recovers_an_exact_affine_map_and_fits_noise_least_squares():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g)
+    a, b = torch.randn(6, 3, generator=g), torch.randn(3, generator=g)
+    a_fit, b_fit = solve_affine(x, x @ a + b, ridge=0.0)
+    assert torch.allclose(a_fit, a, atol=1e-5) and torch.allclose(b_fit, b, atol=1e-5)
+    # with noise, the fit's residual is orthogonal to the inputs (normal equations)
+    y = x @ a + b + 0.5 * torch.randn(400, 3, generator=g)
+    a_fit, b_fit = solve_affine(x, y, ridge=0.0)
+    resid = y - (x @ a_fit + b_fit)
+    assert resid.abs().max() > 0.1 and (x.T @ resid).abs().max() < 1e-3 and resid.sum(0).abs().max() < 1e-3

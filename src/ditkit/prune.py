@@ -279,15 +279,18 @@ def fit_linear_maps(model: DiT, encoder, blocks: Sequence[int], dataset: str, si
                 model(interpolate(x0, eps, t), t, ctx, mask)
     finally:
         model.train(was)
-    maps = {}
-    for i in blocks:
-        x, y = torch.cat(xs[i]).double(), torch.cat(ys[i]).double()
-        x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-        gram = x1.T @ x1
-        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=x.dtype)
-        sol = torch.linalg.solve(gram, x1.T @ y)
-        maps[i] = (sol[:-1].float(), sol[-1].float())
-    return maps
+    return {i: solve_affine(torch.cat(xs[i]), torch.cat(ys[i]), ridge) for i in blocks}
+
+
+def solve_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least squares for Y ≈ X A + b over token rows (float64 normal equations; the
+    ridge is relative to the Gram matrix's mean diagonal). Returns (A, b) in float32."""
+    x, y = x.double(), y.double()
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    gram = x1.T @ x1
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=x.dtype)
+    sol = torch.linalg.solve(gram, x1.T @ y)
+    return sol[:-1].float(), sol[-1].float()
 
 
 RECOVERY_TIMES = ("uniform", "logit-normal")
