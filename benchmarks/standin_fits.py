@@ -26,27 +26,10 @@ from pathlib import Path
 import torch
 
 import ditkit
-from ditkit.analysis import block_io_hooks
 from ditkit.evaluate import shapes_eval
 from ditkit.flow import interpolate
-from ditkit.prune import (_fixed_batches, fit_linear_maps, remove_blocks, solve_affine, teacher_trajectories,
-                          validation_loss)
-
-
-@torch.no_grad()
-def record_io(model, inputs, blocks):
-    """Every listed block's input and output tokens (rows) over the given (x_t, t, context, mask) batches."""
-    xs = {i: [] for i in blocks}
-    ys = {i: [] for i in blocks}
-
-    def rec(i, x, y):
-        if i in xs:
-            xs[i].append(x.reshape(-1, x.shape[-1]))
-            ys[i].append(y.reshape(-1, y.shape[-1]))
-    with block_io_hooks(model, rec):
-        for xt, t, ctx, mask in inputs:
-            model(xt, t, ctx, mask)
-    return {i: torch.cat(xs[i]) for i in blocks}, {i: torch.cat(ys[i]) for i in blocks}
+from ditkit.prune import (_fixed_batches, block_io_rows, fit_linear_maps, remove_blocks, solve_affine,
+                          teacher_trajectories, validation_loss)
 
 
 def noised_inputs(enc, data, uncond, batches=4):
@@ -102,11 +85,11 @@ def main():
         if "seq" in v:
             for i in blocks:  # in order: each fitted on the student with the earlier ones replaced
                 student = remove_blocks(teacher, list(maps), dict(maps)).eval() if maps else teacher
-                xs, _ = record_io(student, parts, [i])
-                _, ys = record_io(teacher, parts, [i])
+                xs, _ = block_io_rows(student, parts, [i])
+                _, ys = block_io_rows(teacher, parts, [i])
                 maps[i] = solve_affine(xs[i], ys[i])
         else:
-            xs, ys = record_io(teacher, parts, blocks)
+            xs, ys = block_io_rows(teacher, parts, blocks)
             maps = {i: solve_affine(xs[i], ys[i]) for i in blocks}
     fit_s = time.time() - t0
     pruned = remove_blocks(teacher, blocks, maps).eval()

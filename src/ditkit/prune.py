@@ -260,9 +260,19 @@ def fit_linear_maps(model: DiT, encoder, blocks: Sequence[int], dataset: str, si
     """Least-squares token-wise affine maps Y ≈ X A + b for each block, fitted on its
     inputs/outputs over noisy training-distribution inputs at logit-normal times.
     A small ridge term keeps the solve stable (the residual stream is rank-deficient early)."""
+    device = next(model.parameters()).device
+    inputs = ((interpolate(x0, eps, t), t, ctx, mask)
+              for x0, eps, t, ctx, mask in _fixed_batches(encoder, dataset, size, batches, batch_size, seed, device))
+    xs, ys = block_io_rows(model, inputs, blocks)
+    return {i: solve_affine(xs[i], ys[i], ridge) for i in blocks}
+
+
+@torch.no_grad()
+def block_io_rows(model: DiT, inputs, blocks: Sequence[int]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Each listed block's input and output tokens, one row per token (float32, CPU), over
+    `inputs`, an iterable of (x_t, t, context, mask) batches run through the model in eval mode."""
     from .analysis import block_io_hooks
 
-    device = next(model.parameters()).device
     xs: dict[int, list[torch.Tensor]] = {i: [] for i in blocks}
     ys: dict[int, list[torch.Tensor]] = {i: [] for i in blocks}
 
@@ -275,11 +285,11 @@ def fit_linear_maps(model: DiT, encoder, blocks: Sequence[int], dataset: str, si
     model.eval()
     try:
         with block_io_hooks(model, record):
-            for x0, eps, t, ctx, mask in _fixed_batches(encoder, dataset, size, batches, batch_size, seed, device):
-                model(interpolate(x0, eps, t), t, ctx, mask)
+            for xt, t, ctx, mask in inputs:
+                model(xt, t, ctx, mask)
     finally:
         model.train(was)
-    return {i: solve_affine(torch.cat(xs[i]), torch.cat(ys[i]), ridge) for i in blocks}
+    return {i: torch.cat(xs[i]) for i in blocks}, {i: torch.cat(ys[i]) for i in blocks}
 
 
 def solve_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
