@@ -3,7 +3,7 @@ forward and training step (forward + backward) at batch 16, under ditkit's train
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bf16_probe.py --threads 2
 
-On CPUs without native bf16 (AVX2 only), ditkit.precision.training_precision turns bf16 into fp32.
+On CPUs without native bf16 (AVX2 only), ditkit.core.precision.training_precision turns bf16 into fp32.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 import torch
 
 import ditkit
-from ditkit.precision import bf16_is_fast
-from ditkit.train import training_autocast
+from ditkit.core.precision import bf16_is_fast
+from ditkit.training.train import training_autocast
 
 
 def timed(fn, repeats: int) -> float:

@@ -15,7 +15,7 @@ import time
 import torch
 
 import ditkit
-from ditkit.pipeline import generate_tensor
+from ditkit.api import generate_tensor
 
 
 def timed(pipe, batch: int, repeats: int) -> float:

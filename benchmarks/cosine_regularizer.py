@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 import ditkit
-from ditkit.analysis import analyze_dit
-from ditkit.evaluate import shapes_eval
-from ditkit.prune import default_calibration_prompts, validation_loss
+from ditkit.analysis.linearity import analyze_dit
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.accel.prune import default_calibration_prompts, validation_loss
 
 SCORES = ("linearity", "linearity_residual_removed", "influence")
 

@@ -18,7 +18,7 @@ import torch
 
 import ditkit
 from ditkit.data import digits
-from ditkit.fwd import fwd
+from ditkit.evaluation.fwd import fwd
 
 SETTINGS = [(1.0, (0.0, 1.0)), (1.5, (0.0, 1.0)), (2.0, (0.0, 1.0)), (3.0, (0.0, 1.0)), (3.0, (0.1, 0.8)),
             (4.0, (0.1, 0.7))]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import ditkit
-from ditkit.evaluate import shapes_eval
+from ditkit.evaluation.evaluate import shapes_eval
 
 
 def run_cost(pipe) -> dict:

@@ -28,7 +28,7 @@ import time
 import torch
 
 import ditkit
-from ditkit.model import count_parameters
+from ditkit.core.model import count_parameters
 
 TARGET_S_PER_IMAGE = 0.5
 TARGET_BATCH = 16

@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from ditkit.analysis import analyze_hf_encoder
+from ditkit.analysis.linearity import analyze_hf_encoder
 
 
 def documentation_sentences(limit: int) -> list[str]:

@@ -26,9 +26,9 @@ import torch
 
 import ditkit
 from ditkit.data import shapes
-from ditkit.guidance import guided_velocity
-from ditkit.pipeline import initial_noise, to_pil
-from ditkit.sampling import get_sampler, pure_noise_prior, timesteps
+from ditkit.core.guidance import guided_velocity
+from ditkit.api import initial_noise, to_pil
+from ditkit.core.sampling import get_sampler, pure_noise_prior, timesteps
 
 
 def caption_means(captions: list[str], scenes: int, seed: int, size: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ configurations are measured against the same PixArt:
 
 - "pixart":   model.PIXART: exactly PixArt's architecture (fixed sin-cos table, no
               cross-attention norm, no pooled text, no stem, no QK norm), the one
-              ditkit.interop converts both ways. Same FLOPs, so any gap is the
+              ditkit.interop.diffusers converts both ways. Same FLOPs, so any gap is the
               implementation's.
 - "plain":    stem_channels=0, qk_norm=False, softmax attention: the ditkit
               configuration that maps onto PixArt (patch embedding, adaLN-single
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from ditkit.model import PIXART, DiT, DiTConfig, count_parameters
+from ditkit.core.model import PIXART, DiT, DiTConfig, count_parameters
 
 PRECISIONS = ("fp32", "bf16")
 aten = torch.ops.aten
@@ -157,7 +157,7 @@ def train_fn(model, call, opt, inputs, precision: str, device: torch.device,
     """One rectified-flow training step: x_t = (1-t) x0 + t eps, target v = eps - x0, AdamW.
     `cast(precision, device)` is the autocast context each library trains under:
     ditkit's trainer adds the 'math' attention kernel under bf16 on CPU
-    (ditkit.train.training_autocast); diffusers trains under plain autocast."""
+    (ditkit.training.train.training_autocast); diffusers trains under plain autocast."""
     x0, eps, t, ctx, mask = inputs
     autocast_ = cast or autocast
 
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
                     fb = forward_fn(pixart, call_pixart, inputs, precision, device)
                 else:
                     model.train(), pixart.train()
-                    from ditkit.train import training_autocast as ditkit_train_autocast
+                    from ditkit.training.train import training_autocast as ditkit_train_autocast
 
                     fa = train_fn(model, call_ditkit, d_opt, inputs, precision, device, ditkit_train_autocast)
                     fb = train_fn(pixart, call_pixart, p_opt, inputs, precision, device)

@@ -6,10 +6,10 @@
 One pixart-configured ditkit DiT (DiTConfig(**PIXART): patch embedding + sin-cos
 table, adaLN-single blocks, no pooled text; width 256, depth 8, 4 heads, patch 8,
 64x64 pixels, text_dim 384) with random weights is converted with
-ditkit.interop.to_diffusers into diffusers' PixArtTransformer2DModel, so both sides
+ditkit.interop.diffusers.to_diffusers into diffusers' PixArtTransformer2DModel, so both sides
 run the same network with the same weights:
 
-- ditkit:    ditkit.pipeline.generate_tensor (Euler, CFG with cond + uncond in one
+- ditkit:    ditkit.api.generate_tensor (Euler, CFG with cond + uncond in one
              batch, ditkit's noise per seed), the path Pipeline.generate takes;
 - diffusers: the PixArt pipeline's denoising loop written out (diffusers has no
              pixel-space PixArt pipeline: PixArtAlphaPipeline needs a VAE and T5):
@@ -46,11 +46,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ditkit.cache import parse_cache_spec
-from ditkit.config import SampleConfig
-from ditkit.interop import to_diffusers
-from ditkit.model import PIXART, DiT, DiTConfig
-from ditkit.pipeline import generate_tensor
+from ditkit.engine.cache import parse_cache_spec
+from ditkit.core.config import SampleConfig
+from ditkit.interop.diffusers import to_diffusers
+from ditkit.core.model import PIXART, DiT, DiTConfig
+from ditkit.api import generate_tensor
 
 PROMPTS = ["a red circle to the left of a blue square", "two green triangles", "a yellow star above a purple circle",
            "three small blue squares", "a big orange circle", "a red square below a green star"]
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     model = build_model(args).to(device)
     transformer = to_diffusers(model)
     if args.text == "minilm":
-        from ditkit.encoders import get_text_encoder
+        from ditkit.core.encoders import get_text_encoder
 
         encoder = get_text_encoder("minilm", device=device)
         text_desc = "MiniLM-L6 states (384-dim, real prompts, padded)"

@@ -20,8 +20,8 @@ import json
 import torch
 
 import ditkit
-from ditkit.evaluate import shapes_eval
-from ditkit.prune import fit_linear_maps, remove_blocks, validation_loss
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.accel.prune import fit_linear_maps, remove_blocks, validation_loss
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Pruning recovery recipes compared (issue: linearity analysis and pruning): remove K blocks of
-shapes-64 chosen by measured ablation, recover with one recipe of ditkit.prune.recovery_tune,
+shapes-64 chosen by measured ablation, recover with one recipe of ditkit.accel.prune.recovery_tune,
 and score ShapesEval on the same prompts and seeds as the unpruned model.
 
     python benchmarks/prune_recovery.py --k 2 --steps 0                       # no recovery
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 import ditkit
-from ditkit.checkpoint import save_model
-from ditkit.evaluate import shapes_eval
-from ditkit.prune import (RECOVERY_TIMES, block_scores, default_calibration_prompts, fit_linear_maps, recovery_tune,
+from ditkit.core.checkpoint import save_model
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.accel.prune import (RECOVERY_TIMES, block_scores, default_calibration_prompts, fit_linear_maps, recovery_tune,
                           removable_order, remove_blocks, teacher_trajectories)
 
 

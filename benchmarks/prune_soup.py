@@ -15,7 +15,7 @@ import json
 import torch
 
 import ditkit
-from ditkit.evaluate import shapes_eval
+from ditkit.evaluation.evaluate import shapes_eval
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import ditkit
-from ditkit.checkpoint import read_model_config, save_model
-from ditkit.evaluate import shapes_eval
-from ditkit.pipeline import generate_tensor
-from ditkit.prune import block_scores, default_calibration_prompts, recovery_tune, remove_blocks, removable_order
+from ditkit.core.checkpoint import read_model_config, save_model
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.api import generate_tensor
+from ditkit.accel.prune import block_scores, default_calibration_prompts, recovery_tune, remove_blocks, removable_order
 
 
 def seconds_per_image(model, encoder, sample, batch: int = 16, repeats: int = 2) -> float:

@@ -30,7 +30,7 @@ import torch
 
 import ditkit
 from ditkit.data import shapes
-from ditkit.images import to_tensor
+from ditkit.core.images import to_tensor
 
 OPPOSITE = shapes.OPPOSITE_RELATION
 

@@ -12,7 +12,7 @@ torch.set_num_threads(2)
 import ditkit
 from dataclasses import replace
 from speed_quality import seconds_per_image
-from ditkit.cache import FirstBlockCache, SmoothCache, SmoothSchedule
+from ditkit.engine.cache import FirstBlockCache, SmoothCache, SmoothSchedule
 pipe = ditkit.load("shapes-64"); base = pipe.defaults
 sched = SmoothSchedule.load("runs/cache_schedule_new.json")
 rows = [("teacher default", "fp32", None), ("first-block cache 0.2", "fp32", lambda: FirstBlockCache(0.2)),

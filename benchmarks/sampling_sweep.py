@@ -15,8 +15,8 @@ from dataclasses import replace
 import torch
 
 import ditkit
-from ditkit.evaluate import shapes_eval
-from ditkit.guidance import APG
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.core.guidance import APG
 
 SETTINGS = [  # (sampler, steps, guidance, apg)
     ("euler", 25, 4.0, False),

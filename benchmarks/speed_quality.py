@@ -20,9 +20,9 @@ import time
 import torch
 
 import ditkit
-from ditkit.cache import FirstBlockCache, SmoothCache, calibrate_smooth
-from ditkit.evaluate import shapes_eval
-from ditkit.pipeline import generate_tensor
+from ditkit.engine.cache import FirstBlockCache, SmoothCache, calibrate_smooth
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.api import generate_tensor
 
 
 def seconds_per_image(pipe, sample, batch: int, precision: str, cache, repeats: int) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     base = pipe.defaults
     from dataclasses import replace
 
-    from ditkit.pipeline import _default_prompts
+    from ditkit.api import _default_prompts
 
     rows = [("teacher default", pipe, base, "fp32", None)]
     if "teacher4" in wanted:

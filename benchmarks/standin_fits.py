@@ -3,7 +3,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/standin_fits.py --variant {noised,noised_u,traj,noised_seq} --threads 1
 
-Variants (each a least-squares token-wise affine map per block, as ditkit.prune.fit_linear_maps):
+Variants (each a least-squares token-wise affine map per block, as ditkit.accel.prune.fit_linear_maps):
 - noised: the shipped fit (forward-noised held-out data, captioned, logit-normal times);
 - noised_u: the same inputs run with and without their captions (the sampler's CFG batch);
 - traj: the states of shapes-64's own CFG-guided Euler paths for --images training captions,
@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 import ditkit
-from ditkit.evaluate import shapes_eval
-from ditkit.flow import interpolate
-from ditkit.prune import (_fixed_batches, block_io_rows, fit_linear_maps, remove_blocks, solve_affine,
+from ditkit.evaluation.evaluate import shapes_eval
+from ditkit.core.flow import interpolate
+from ditkit.accel.prune import (_fixed_batches, block_io_rows, fit_linear_maps, remove_blocks, solve_affine,
                           teacher_trajectories, validation_loss)
 
 

@@ -4,7 +4,7 @@ affine stand-ins would explain more (issue: linearity analysis and pruning).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/standin_r2.py --blocks 1,4,5,7 --threads 1
 
 For each block, fits Y ≈ F(X) W + b by least squares on held-out forward-noised data (the
-inputs of ditkit.prune.fit_linear_maps, twice as many batches) and reports R² of the block's
+inputs of ditkit.accel.prune.fit_linear_maps, twice as many batches) and reports R² of the block's
 update Y - X on other held-out data, for these feature sets F:
 - x: the shipped stand-in (the block input token alone);
 - x, 4 time bins: a separate map for each quarter of t in [0, 1] (the blocks are
@@ -24,8 +24,8 @@ import argparse
 import torch
 
 import ditkit
-from ditkit.flow import interpolate
-from ditkit.prune import _fixed_batches, block_io_rows, solve_affine
+from ditkit.core.flow import interpolate
+from ditkit.accel.prune import _fixed_batches, block_io_rows, solve_affine
 
 FEATURES = ("x", "x, 4 time bins", "x + token mean", "x + position", "x + token mean + caption", "all")
 

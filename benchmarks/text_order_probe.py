@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from ditkit.data import shapes
-from ditkit.encoders import get_text_encoder
+from ditkit.core.encoders import get_text_encoder
 
 
 def probe_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:

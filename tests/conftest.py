@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditkit.config import Config, DataConfig, SampleConfig, TrainConfig
-from ditkit.model import DiT, DiTConfig
+from ditkit.core.config import Config, DataConfig, SampleConfig, TrainConfig
+from ditkit.core.model import DiT, DiTConfig
 
 # The machines have 2 cores and may be training in the background; one thread
 # keeps the tiny tests fast and their float results reproducible.
@@ -97,8 +97,8 @@ def train_config(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny text-to-image model folder (32 px, 2 sampling steps) for CLI and API tests."""
-    from ditkit.checkpoint import save_model
-    from ditkit.config import SampleConfig
+    from ditkit.core.checkpoint import save_model
+    from ditkit.core.config import SampleConfig
 
     torch.manual_seed(0)
     model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32))
@@ -112,7 +112,7 @@ def tiny_model_dir(tmp_path_factory):
 def save_perturbed_model(folder, sample, depth: int = 4, dataset: str | None = "shapes"):
     """Save a 32 px model folder whose every weight is moved off its init (so every block
     does something); config.json records `dataset` as the training data when given."""
-    from ditkit.checkpoint import save_model
+    from ditkit.core.checkpoint import save_model
 
     torch.manual_seed(0)
     model = DiT(DiTConfig(width=32, depth=depth, heads=2, patch_size=8, stem_channels=4, sample_size=32))

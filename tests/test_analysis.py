@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from ditkit import analysis
-from ditkit.analysis import (SCORES, analyze_dit, analyze_diffusers, analyze_hf_encoder, analyze_hidden_states,
+from ditkit.analysis import linearity as analysis
+from ditkit.analysis.linearity import (SCORES, analyze_dit, analyze_diffusers, analyze_hf_encoder, analyze_hidden_states,
                              block_influence, block_output_states, capture_block_io, find_blocks, linearity_score,
                              plot_heatmap, residual_removed_linearity, save_analysis, update_norm_ratio)
-from ditkit.config import SampleConfig
+from ditkit.core.config import SampleConfig
 
 
 def randn(*shape, seed=0):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import ditkit
-from ditkit.cache import FirstBlockCache, SmoothSchedule, calibrate_smooth, parse_cache_spec
-from ditkit.pipeline import generate_tensor
-from ditkit.precision import check_precision, int8_model
+from ditkit.engine.cache import FirstBlockCache, SmoothSchedule, calibrate_smooth, parse_cache_spec
+from ditkit.api import generate_tensor
+from ditkit.core.precision import check_precision, int8_model
 from conftest import save_perturbed_model
 from test_cli import assert_one_line_error, run_cli
 
@@ -23,7 +23,7 @@ PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     """A 4-block model with non-trivial blocks (so caching has something to skip)."""
-    from ditkit.config import SampleConfig
+    from ditkit.core.config import SampleConfig
 
     folder = save_perturbed_model(tmp_path_factory.mktemp("cache") / "model", SampleConfig(steps=6, guidance=3.0, size=32))
     return ditkit.load(folder)
@@ -141,7 +141,7 @@ def test_cli_cache_precision_and_calibration(pipe, tmp_path, capsys):
 def test_training_falls_back_to_fp32_where_bf16_is_emulated(monkeypatch):
     """bf16 autocast on a CPU without native bf16 (AVX2 only) is ~100x slower than fp32:
     training, distillation and pruning recovery use fp32 there, with a warning."""
-    import ditkit.precision as precision
+    import ditkit.core.precision as precision
 
     monkeypatch.setattr(precision, "_warned_slow_bf16", False)
     monkeypatch.setattr(precision, "bf16_is_fast", lambda device: False)
@@ -153,7 +153,7 @@ def test_training_falls_back_to_fp32_where_bf16_is_emulated(monkeypatch):
 
 
 def test_bf16_speed_probe():
-    from ditkit.precision import bf16_is_fast
+    from ditkit.core.precision import bf16_is_fast
 
     assert bf16_is_fast("cuda") is True  # GPUs have native bf16 (no probe needed)
     assert isinstance(bf16_is_fast("cpu"), bool)

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from ditkit import checkpoint as ckpt
-from ditkit.checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model, load_train_state, save_model,
+from ditkit.core import checkpoint as ckpt
+from ditkit.core.checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model, load_train_state, save_model,
                                save_train_state)
-from ditkit.config import Config, SampleConfig
-from ditkit.model import DiT
+from ditkit.core.config import Config, SampleConfig
+from ditkit.core.model import DiT
 
 
 def _outputs(model: DiT, context) -> torch.Tensor:

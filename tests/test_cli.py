@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit.cli import main
+from ditkit.cli.main import main
 
 
 def run_cli(args, capsys):
@@ -152,7 +152,7 @@ def test_train_bad_config(tmp_path, capsys):
 
 def test_real_process_exit_code_and_debug(tmp_path):
     """Through a real process: exit 2, one stderr line, and --debug shows the traceback."""
-    cmd = [sys.executable, "-m", "ditkit.cli", "generate", "x", "-o", str(tmp_path / "x.png"), "--model", "nope"]
+    cmd = [sys.executable, "-m", "ditkit.cli.main", "generate", "x", "-o", str(tmp_path / "x.png"), "--model", "nope"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     p = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)

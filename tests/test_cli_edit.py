@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditkit.cli import main
+from ditkit.cli.main import main
 from test_tasks import _box_mask, _scene, _tiny_folder
 
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit.cli import main
+from ditkit.cli.main import main
 from test_cli import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def tiny_digits_dir(tmp_path_factory):
     """A tiny model folder that says it was trained on digits (so its default verifier is `digits`)."""
-    from ditkit.checkpoint import save_model
-    from ditkit.config import SampleConfig
-    from ditkit.model import DiT, DiTConfig
+    from ditkit.core.checkpoint import save_model
+    from ditkit.core.config import SampleConfig
+    from ditkit.core.model import DiT, DiTConfig
 
     torch.manual_seed(0)
     model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32))

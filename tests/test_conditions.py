@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import make_context, perturb_, tiny_dit_config, tiny_train_config
-from ditkit.conditions import (COND_CHANNELS, check_task, downsample, inpaint_condition, inpaint_training_masks,
+from ditkit.core.conditions import (COND_CHANNELS, check_task, downsample, inpaint_condition, inpaint_training_masks,
                                random_mask, upscale_condition)
 from ditkit.data.shapes import make_batch, make_scene_batch
-from ditkit.model import DiT, load_base_weights
-from ditkit.train import step_batch, train
+from ditkit.core.model import DiT, load_base_weights
+from ditkit.training.train import step_batch, train
 
 
 def test_cond_channels_model_takes_and_checks_its_condition():
@@ -142,7 +142,7 @@ def test_time_budget_cuts_the_run_and_anneals_to_the_new_end(tmp_path):
 
 
 def test_resume_gives_optimizer_moments_their_parameters_layout(tmp_path):
-    from ditkit.checkpoint import load_train_state, save_train_state
+    from ditkit.core.checkpoint import load_train_state, save_train_state
 
     cfg = tiny_train_config(tmp_path / "r")
     model = DiT(cfg.model)

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from ditkit.encoders import get_text_encoder
-from ditkit.flow import interpolate
-from ditkit.model import DiT
-from ditkit.train import _similarity_recorder, step_batch, training_loss
+from ditkit.core.encoders import get_text_encoder
+from ditkit.core.flow import interpolate
+from ditkit.core.model import DiT
+from ditkit.training.train import _similarity_recorder, step_batch, training_loss
 
 from conftest import tiny_train_config
 

@@ -68,7 +68,7 @@ def test_judge_is_accurate_on_real_test_digits_and_confusion_adds_up():
 def test_training_batches_come_from_the_digits_split(train_config):
     from dataclasses import replace
 
-    from ditkit.config import DataConfig
+    from ditkit.core.config import DataConfig
     from ditkit.data import make_batch
 
     cfg = train_config()

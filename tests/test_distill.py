@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import save_perturbed_model
-from ditkit.cli import main
-from ditkit.config import SampleConfig
-from ditkit.distill import DistillConfig, consistency_fn, distill, distill_loss, load_distill_config, pseudo_huber
-from ditkit.pipeline import generate_tensor, initial_noise, load
-from ditkit.reflow import make_pairs, pair_seeds, reflow_loss
+from ditkit.cli.main import main
+from ditkit.core.config import SampleConfig
+from ditkit.accel.distill import DistillConfig, consistency_fn, distill, distill_loss, load_distill_config, pseudo_huber
+from ditkit.api import generate_tensor, initial_noise, load
+from ditkit.accel.reflow import make_pairs, pair_seeds, reflow_loss
 
 
 class ConstantVelocity(torch.nn.Module):

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from ditkit.encoders import TextEncoder, get_text_encoder, resolve_text_encoder_path
+from ditkit.core.encoders import TextEncoder, get_text_encoder, resolve_text_encoder_path
 
 LEFT = "a red circle to the left of a blue square"
 RIGHT = "a red circle to the right of a blue square"

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from ditkit import flow
-from ditkit.guidance import model_velocity
-from ditkit.pipeline import generate_tensor, initial_noise
-from ditkit.config import SampleConfig
-from ditkit.sampling import SAMPLERS, get_sampler, nfe, sample, sample_dpm2m, sample_euler, sample_heun, timesteps
+from ditkit.core import flow
+from ditkit.core.guidance import model_velocity
+from ditkit.api import generate_tensor, initial_noise
+from ditkit.core.config import SampleConfig
+from ditkit.core.sampling import SAMPLERS, get_sampler, nfe, sample, sample_dpm2m, sample_euler, sample_heun, timesteps
 
 # ----------------------------------------------------------------------------
 # flow.py

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageFilter
 
 pytest.importorskip("ptwt")
-from ditkit.fwd import (FWDStats, FWDWarning, frechet_distance, fwd, fwd_from_statistics, fwd_statistics,  # noqa: E402
+from ditkit.evaluation.fwd import (FWDStats, FWDWarning, frechet_distance, fwd, fwd_from_statistics, fwd_statistics,  # noqa: E402
                         load_image_folder, packet_dim, wavelet_packet_features)
 
 

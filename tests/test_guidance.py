@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ditkit.guidance import APG, apg_update, guided_velocity, model_velocity, pad_contexts
-from ditkit.sampling import sample_euler, sample_heun, timesteps
+from ditkit.core.guidance import APG, apg_update, guided_velocity, model_velocity, pad_contexts
+from ditkit.core.sampling import sample_euler, sample_heun, timesteps
 
 
 class ToyModel(nn.Module):

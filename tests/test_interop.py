@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.cli import main
-from ditkit.config import SampleConfig
-from ditkit.model import PIXART, DiT, DiTConfig, sincos_2d, timestep_embedding
-from ditkit.pipeline import generate_tensor, initial_noise
-from ditkit.sampling import timesteps
+from ditkit.cli.main import main
+from ditkit.core.config import SampleConfig
+from ditkit.core.model import PIXART, DiT, DiTConfig, sincos_2d, timestep_embedding
+from ditkit.api import generate_tensor, initial_noise
+from ditkit.core.sampling import timesteps
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel  # noqa: E402
 from diffusers.models.embeddings import Timesteps, get_2d_sincos_pos_embed  # noqa: E402
 
-from ditkit.interop import (  # noqa: E402
+from ditkit.interop.diffusers import (  # noqa: E402
     DIFFUSERS_WEIGHTS, convert_folder, from_diffusers, load_diffusers, save_diffusers, to_diffusers,
 )
 
@@ -272,7 +272,7 @@ def assert_one_line_error(code, err, needle):
 
 
 def test_cli_convert_round_trip(tmp_path, capsys):
-    from ditkit.checkpoint import load_model, save_model
+    from ditkit.core.checkpoint import load_model, save_model
 
     model = pixart_dit()
     save_model(tmp_path / "m", model, SampleConfig(steps=2, size=16))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditkit.model import ATTENTION_KINDS, DiT, DiTConfig, patchify, unpatchify
+from ditkit.core.model import ATTENTION_KINDS, DiT, DiTConfig, patchify, unpatchify
 
 
 def _inputs(b: int, c: int, h: int, w: int, text_dim: int = 16, length: int = 5, seed: int = 0):
@@ -185,7 +185,7 @@ def test_output_depends_on_patch_positions(make_dit, attention):
 
 
 def test_rope_is_the_pairwise_rotation_and_relative():
-    from ditkit.model import apply_rope, rope_2d
+    from ditkit.core.model import apply_rope, rope_2d
 
     cos, sin = rope_2d(3, 4, 16, torch.device("cpu"))
     x = torch.randn(2, 5, 12, 16, generator=torch.Generator().manual_seed(0))

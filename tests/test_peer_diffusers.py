@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.flow import shift_time
-from ditkit.sampling import sample_euler, timesteps
+from ditkit.core.flow import shift_time
+from ditkit.core.sampling import sample_euler, timesteps
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
@@ -90,7 +90,7 @@ def test_diffusers_default_grid_formula(shift, steps):
 
 
 def test_shift_matches_diffusers_static_shift():
-    """ditkit.flow.shift_time is the scheduler's static (non-dynamic) shift of its training sigmas."""
+    """ditkit.core.flow.shift_time is the scheduler's static (non-dynamic) shift of its training sigmas."""
     for shift in (0.5, 1.0, 3.0, 6.0):
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
         unshifted = torch.arange(1000, 0, -1, dtype=torch.float64) / 1000

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ditkit
-from ditkit.pipeline import embedded_models, load
+from ditkit.api import embedded_models, load
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import make_context, perturb_, tiny_dit_config, tiny_train_config
-from ditkit.checkpoint import load_model
-from ditkit.model import DiT, load_base_weights
-from ditkit.train import train
+from ditkit.core.checkpoint import load_model
+from ditkit.core.model import DiT, load_base_weights
+from ditkit.training.train import train
 
 
 def _inputs(size=32, seed=0):

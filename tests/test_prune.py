@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ditkit
-from ditkit.model import DiT, LinearBlock
-from ditkit.prune import (check_k, fit_linear_maps, prune_model, remove_blocks, removable_order, skipping, solve_affine,
+from ditkit.core.model import DiT, LinearBlock
+from ditkit.accel.prune import (check_k, fit_linear_maps, prune_model, remove_blocks, removable_order, skipping, solve_affine,
                           validation_loss)
 from conftest import save_perturbed_model
 from test_cli import assert_one_line_error, run_cli
@@ -29,7 +29,7 @@ def _inputs(model: DiT, seed: int = 0, batch: int = 2):
 
 @pytest.fixture(scope="module")
 def shapes_model_dir(tmp_path_factory):
-    from ditkit.config import SampleConfig
+    from ditkit.core.config import SampleConfig
 
     return save_perturbed_model(tmp_path_factory.mktemp("prune") / "model", SampleConfig(steps=2, guidance=2.0, size=32))
 
@@ -148,7 +148,7 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
 def test_benchmark_screen_is_greedy_and_joint(shapes_model_dir, monkeypatch):
     """Each round tries every block not yet chosen, together with those chosen, and keeps the
     best benchmark score (a stand-in benchmark here that rewards removing block 3, then 0)."""
-    import ditkit.prune as prune
+    import ditkit.accel.prune as prune
 
     pipe = ditkit.load(shapes_model_dir)
     teacher, enc = pipe.model.eval(), pipe.text_encoder
@@ -271,7 +271,7 @@ def test_prune_given_blocks_removes_exactly_those(shapes_model_dir, tmp_path, ca
 @pytest.mark.parametrize("by", ["influence", "ablation"])
 def test_prune_diffusers_pixart_folder(by, tmp_path, capsys):
     diffusers = pytest.importorskip("diffusers")
-    from ditkit.prune import remove_diffusers_blocks
+    from ditkit.accel.prune import remove_diffusers_blocks
 
     torch.manual_seed(0)
     model = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
@@ -310,7 +310,7 @@ def test_recovery_of_an_exact_copy_is_a_fixed_point(shapes_model_dir, options):
     (AdamW without weight decay takes zero steps on zero gradients), with any recovery option."""
     import copy
 
-    from ditkit.prune import recovery_tune
+    from ditkit.accel.prune import recovery_tune
 
     pipe = ditkit.load(shapes_model_dir)
     teacher = pipe.model.eval()
@@ -329,7 +329,7 @@ def test_recovery_of_an_exact_copy_is_a_fixed_point(shapes_model_dir, options):
 
 def test_recovery_features_and_guidance_lower_the_loss_they_measure(shapes_model_dir):
     """With blocks removed, the recovery terms are positive and a few steps lower them."""
-    from ditkit.prune import recovery_tune
+    from ditkit.accel.prune import recovery_tune
 
     pipe = ditkit.load(shapes_model_dir)
     teacher = pipe.model.eval()
@@ -343,7 +343,7 @@ def test_recovery_features_and_guidance_lower_the_loss_they_measure(shapes_model
 
 
 def test_recovery_bad_options(shapes_model_dir):
-    from ditkit.prune import recovery_tune
+    from ditkit.accel.prune import recovery_tune
 
     pipe = ditkit.load(shapes_model_dir)
     teacher = pipe.model.eval()
@@ -360,7 +360,7 @@ def test_recovery_on_policy_records_the_students_own_paths_on_a_schedule(shapes_
     """A callable `trajectories` is called with the student being tuned (in eval mode, training
     restored after) at step 0 and every refresh_every steps, so later paths come from the
     tuned weights; the recorded states are the student's, not the teacher's."""
-    from ditkit.prune import recovery_tune, remove_blocks, teacher_trajectories
+    from ditkit.accel.prune import recovery_tune, remove_blocks, teacher_trajectories
 
     pipe = ditkit.load(shapes_model_dir)
     teacher, enc = pipe.model.eval(), pipe.text_encoder
@@ -389,8 +389,8 @@ def test_teacher_trajectories_record_the_guided_euler_path(shapes_model_dir):
     velocity, at the sampler's times; distilling into an exact copy on them is a fixed point."""
     import copy
 
-    from ditkit.guidance import guided_velocity
-    from ditkit.prune import recovery_tune, teacher_trajectories
+    from ditkit.core.guidance import guided_velocity
+    from ditkit.accel.prune import recovery_tune, teacher_trajectories
 
     pipe = ditkit.load(shapes_model_dir)
     teacher, enc = pipe.model.eval(), pipe.text_encoder

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditkit.config import load_config
-from ditkit.flow import interpolate
-from ditkit.train import step_batch, train
+from ditkit.core.config import load_config
+from ditkit.core.flow import interpolate
+from ditkit.training.train import step_batch, train
 
 CONFIG = Path(__file__).parent.parent / "configs" / "shapes-64.yaml"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ditkit
-from ditkit.cli import main
-from ditkit.sampling import pure_noise_prior, sample_euler, timesteps
+from ditkit.cli.main import main
+from ditkit.core.sampling import pure_noise_prior, sample_euler, timesteps
 
 
 def test_prior_steps_follow_the_straight_path_to_the_t1_prediction():
@@ -81,9 +81,9 @@ def test_cli_flag(tiny_model_dir, tmp_path, capsys):
 def test_a_prior_model_supplies_the_t1_prediction(tiny_model_dir, tmp_path):
     """The model as its own prior model gives the images of prior_until alone; another prior
     model changes them; a prior that cannot share the noise or the caption is refused."""
-    from ditkit.checkpoint import save_model
-    from ditkit.config import SampleConfig
-    from ditkit.model import DiT, DiTConfig
+    from ditkit.core.checkpoint import save_model
+    from ditkit.core.config import SampleConfig
+    from ditkit.core.model import DiT, DiTConfig
     from conftest import save_perturbed_model
 
     pipe = ditkit.load(tiny_model_dir)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import ditkit
 from ditkit.data import digits, shapes
-from ditkit.scaling import (BestOfN, candidate_seeds, check_best_of, default_verifier, get_verifier,
+from ditkit.accel.scaling import (BestOfN, candidate_seeds, check_best_of, default_verifier, get_verifier,
                             score_candidates)
 
 
@@ -54,7 +54,7 @@ def test_digits_verifier_ranks_correct_above_wrong():
 def test_get_verifier_names_callables_and_errors():
     assert get_verifier(brightness) is brightness
     assert get_verifier("test_scaling:brightness").__name__ == "brightness"
-    for bad in ["nope", "no_such_module_xyz:f", "ditkit.scaling:NOT_THERE", "ditkit.scaling:CANDIDATE_STRIDE"]:
+    for bad in ["nope", "no_such_module_xyz:f", "ditkit.accel.scaling:NOT_THERE", "ditkit.accel.scaling:CANDIDATE_STRIDE"]:
         with pytest.raises(ValueError):
             get_verifier(bad)
     assert default_verifier({"data": {"dataset": "digits"}}) == "digits"
@@ -105,7 +105,7 @@ def test_pipeline_best_of(tiny_model_dir):
 
 
 def test_best_of_sweep_never_lowers_the_verifier_score(tiny_model_dir):
-    from ditkit.evaluate import best_of_sweep
+    from ditkit.evaluation.evaluate import best_of_sweep
 
     pipe = ditkit.load(tiny_model_dir)
     prompts = ["a", "b", "c"]

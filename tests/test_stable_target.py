@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.config import load_config
+from ditkit.core.config import load_config
 from ditkit.data.shapes import reference_images, score_image
-from ditkit.flow import interpolate, posterior_mean_x0, velocity_target, velocity_target_from_x0_estimate
-from ditkit.train import step_batch, train
+from ditkit.core.flow import interpolate, posterior_mean_x0, velocity_target, velocity_target_from_x0_estimate
+from ditkit.training.train import step_batch, train
 
 CAPTION = "a red circle to the left of a blue square"
 

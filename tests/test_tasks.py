@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit import tasks
-from ditkit.checkpoint import save_model
-from ditkit.config import SampleConfig
-from ditkit.images import load_image, load_mask
-from ditkit.model import DiT, DiTConfig
-from ditkit.pipeline import load
+from ditkit.tasks import editing as tasks
+from ditkit.core.checkpoint import save_model
+from ditkit.core.config import SampleConfig
+from ditkit.core.images import load_image, load_mask
+from ditkit.core.model import DiT, DiTConfig
+from ditkit.api import load
 
 
 def _tiny_folder(root, name, cond_channels=0, sample=None):
@@ -89,7 +89,7 @@ def test_inversion_then_sampling_returns_the_image_for_an_exactly_integrable_vel
     x0, c = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     noise = tasks.invert(lambda x, t: c, x0, steps=7, t_max=0.8)
     assert torch.allclose(noise, x0 + 0.8 * c, atol=1e-6)
-    from ditkit.sampling import sample_euler
+    from ditkit.core.sampling import sample_euler
 
     back = sample_euler(lambda x, t: c, noise, torch.linspace(0.8, 0, 8, dtype=torch.float64))
     assert torch.allclose(back, x0, atol=1e-6)

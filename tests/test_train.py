@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditkit.checkpoint import MODEL_FILE, STATE_FILE, load_model
-from ditkit.config import Config, apply_overrides, load_config
-from ditkit.encoders import get_text_encoder
-from ditkit.model import DiT
-from ditkit.train import lr_at, train, training_loss
+from ditkit.core.checkpoint import MODEL_FILE, STATE_FILE, load_model
+from ditkit.core.config import Config, apply_overrides, load_config
+from ditkit.core.encoders import get_text_encoder
+from ditkit.core.model import DiT
+from ditkit.training.train import lr_at, train, training_loss
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_bad_files_raise(tmp_path):
 def test_shipped_config_loads_and_round_trips(tmp_path, name):
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     cfg = load_config(path, ["train.steps=10", "model.depth=2"])
-    from ditkit.conditions import check_task
+    from ditkit.core.conditions import check_task
 
     check_task(cfg.train.task, cfg.model.cond_channels)
     assert cfg.train.steps == 10 and cfg.model.depth == 2 and cfg.model.text_dim == 384
@@ -247,8 +247,8 @@ def test_shipped_config_loads_and_round_trips(tmp_path, name):
 
 
 def test_learning_rate_schedule_warmup_stable_cooldown():
-    from ditkit.config import Config
-    from ditkit.train import lr_at
+    from ditkit.core.config import Config
+    from ditkit.training.train import lr_at
 
     cfg = Config.from_dict({"train": {"steps": 100, "lr": 1.0, "warmup_steps": 10, "cooldown_steps": 20}})
     lrs = [lr_at(s, cfg) for s in range(100)]

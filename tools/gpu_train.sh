@@ -21,7 +21,7 @@ start)
   mkdir -p runs
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no GPU\")"
   for r in $RUNS; do
-    setsid nohup python3 -c "import sys; from ditkit.cli import main; sys.exit(main(sys.argv[1:]))" \
+    setsid nohup python3 -c "import sys; from ditkit.cli.main import main; sys.exit(main(sys.argv[1:]))" \
       train "$(config_of $r)" --no-progress "${@:2}" > runs/$r.out 2>&1 < /dev/null &
   done
   ;;
@@ -29,7 +29,7 @@ ab)
   mkdir -p runs
   for pos in rope rope+abs; do
     name=shapes-64-ab-${pos/+/-}
-    setsid nohup python3 -c "import sys; from ditkit.cli import main; sys.exit(main(sys.argv[1:]))" \
+    setsid nohup python3 -c "import sys; from ditkit.cli.main import main; sys.exit(main(sys.argv[1:]))" \
       train configs/shapes-64-gpu.yaml --no-progress --set model.positions=$pos --set train.output_dir=runs/$name \
       --set train.time_budget_s=${2:-480} --set train.eval_every=1000 "${@:3}" > runs/$name.out 2>&1 < /dev/null &
   done

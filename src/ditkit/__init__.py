@@ -11,14 +11,14 @@ __version__ = "0.1.0"
 
 
 def load(name_or_path="shapes-64", device="cpu"):
-    from .pipeline import load as _load
+    from ditkit.api import load as _load
 
     return _load(name_or_path, device)
 
 
 def __getattr__(name):
     if name in ("Pipeline", "embedded_models"):
-        from . import pipeline
+        from ditkit import api as pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'ditkit' has no attribute {name!r}")

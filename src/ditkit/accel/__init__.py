@@ -1,0 +1,1 @@
+"""accel layer."""

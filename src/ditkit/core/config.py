@@ -1,0 +1,247 @@
+"""Typed configs: model, data, train, sample. YAML files plus dotted overrides.
+
+A YAML file has up to five top-level keys: model, data, train, sample,
+text_encoder. `--set train.lr=1e-4` style overrides are parsed as YAML
+scalars. Unknown keys are errors that list the allowed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import get_type_hints
+
+import yaml
+
+from ditkit.data import DATASETS, check_mix_dataset
+from ditkit.core.model import DiTConfig
+
+PRECISIONS = ("fp32", "bf16")
+SAMPLER_NAMES = ("euler", "heun", "dpm2m")
+
+
+def coerce_fields(cls, d: dict, section: str) -> dict:
+    """Convert values to the dataclass field types. YAML reads `1e-4` as a string
+    (it wants `1.0e-4`), and overrides come in as text."""
+    hints = get_type_hints(cls)
+    out = {}
+    for k, v in d.items():
+        typ = hints.get(k)
+        try:
+            if typ is bool:
+                if isinstance(v, str):
+                    if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    v = v.lower() in ("true", "1", "yes")
+                elif not isinstance(v, bool):
+                    raise ValueError
+            elif typ is float and not isinstance(v, bool):
+                v = float(v)
+            elif typ is int and not isinstance(v, bool):
+                if isinstance(v, float) and not v.is_integer():
+                    raise ValueError
+                v = int(float(v)) if isinstance(v, str) else int(v)
+            elif typ is str:
+                v = "" if v is None else str(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{section}.{k} must be a {getattr(typ, '__name__', typ)}, got {v!r}") from None
+        out[k] = v
+    return out
+
+
+def _from_dict(cls, d: dict, section: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {section!r}: {sorted(unknown)}; allowed: {sorted(known)}")
+    return cls(**coerce_fields(cls, d, section))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"
+    size: int = 64
+    # shapes only: training-mix weights by category (single_object, two_object, counting,
+    # position, free_form); unnamed categories keep their default weight. None: the default mix.
+    mix: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        if self.size < 32:
+            raise ValueError(f"data.size must be >= 32, got {self.size}")
+        if self.mix is not None:
+            if not isinstance(self.mix, dict):
+                raise ValueError(f"data.mix must be a mapping of category: weight, got {self.mix!r}")
+            check_mix_dataset(self.dataset)
+            from ditkit.data.shapes import training_mix
+
+            try:
+                training_mix(self.mix)
+            except ValueError as e:
+                raise ValueError(f"data.mix: {e}") from None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/shapes-64"
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup_steps: int = 500
+    cooldown_steps: int = 0         # linear decay to 0 over the last N steps (warmup-stable-decay); 0 = constant
+    cooldown_fraction: float = 0.0  # or over this fraction of `steps` (follows `steps` when a time budget sets it)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1        # fraction of captions replaced by "" (classifier-free guidance training)
+    precision: str = "bf16"
+    time_mean: float = 0.0          # logit-normal time sampling (SD3)
+    time_std: float = 1.0
+    checkpoint_every: int = 250
+    log_every: int = 25
+    eval_every: int = 0             # 0 = no ShapesEval during training
+    eval_per_category: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    init_from: str = ""             # a model folder to start from (fine-tuning, or continuing from shipped weights)
+    task: str = "generate"          # generate | inpaint | upscale (ditkit.core.conditions)
+    num_workers: int = 0            # data worker processes (0: batches made in the training process)
+    time_budget_s: float = 0.0      # > 0: after a short probe, cut `steps` to what fits in this many seconds
+    # Stable Target Field (Xu et al. 2023): for times t >= stf_min_t, regress on the posterior
+    # mean of x0 over this many extra scenes drawn for the same caption (0 = off; shapes only)
+    stf_refs: int = 0
+    stf_min_t: float = 0.8
+    # weight of the mean cosine similarity between each block's input and output tokens, added
+    # to the loss (Razzhigaev et al. 2024's linearity regularizer): > 0 penalises similar
+    # consecutive embeddings, < 0 rewards them, 0 = off (docs/analysis.md measures both)
+    cosine_reg: float = 0.0
+    # fraction of samples trained at exactly t = 1 (pure noise, zero SNR), on top of the
+    # logit-normal times. The sampler's first step is taken there; logit-normal(0, 1) puts
+    # 2e-6 of its mass above t = 0.99, so without this the model meets that input only by
+    # extrapolation (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+    # are Flawed"; docs/models.md measures what it changes)
+    pure_noise_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown train.precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"train.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.cooldown_fraction <= 1:
+            raise ValueError(f"train.cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
+        if not -1 <= self.cosine_reg <= 1:
+            raise ValueError(f"train.cosine_reg must be in [-1, 1] (a loss weight; the flow loss is ~0.01-1), "
+                             f"got {self.cosine_reg}")
+        if not 0 <= self.pure_noise_fraction <= 1:
+            raise ValueError(f"train.pure_noise_fraction must be in [0, 1], got {self.pure_noise_fraction}")
+        if self.stf_refs < 0:
+            raise ValueError(f"train.stf_refs must be >= 0, got {self.stf_refs}")
+        if not 0 <= self.stf_min_t < 1:
+            raise ValueError(f"train.stf_min_t must be in [0, 1), got {self.stf_min_t}")
+        if self.num_workers < 0 or self.time_budget_s < 0:
+            raise ValueError("train.num_workers and train.time_budget_s must be >= 0")
+        from ditkit.core.conditions import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown train.task {self.task!r}; allowed: {', '.join(TASKS)}")
+
+
+@dataclass
+class SampleConfig:
+    """Default sampling settings, stored with every model."""
+    sampler: str = "euler"
+    steps: int = 25
+    guidance: float = 4.0
+    shift: float = 1.0
+    apg: bool = False
+    size: int = 64
+    # Guidance only for t in [interval_lo, interval_hi] (Kynkäänniemi et al., NeurIPS 2024):
+    # guidance at the highest noise levels mostly costs diversity.
+    interval_lo: float = 0.0
+    interval_hi: float = 1.0
+    # Steps with t >= prior_until take x0 from a pure-noise (t = 1) prediction: the caption's
+    # mean image, from prior_model (an embedded model name or a folder: a model trained only
+    # at t = 1) or, when that is empty, from the model itself. 1.0 and no prior model = off.
+    # See sampling.pure_noise_prior.
+    prior_until: float = 1.0
+    prior_model: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.prior_until <= 1.0:
+            raise ValueError(f"prior_until must be in (0, 1], got {self.prior_until}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+        if not 0.0 <= self.interval_lo <= self.interval_hi <= 1.0:
+            raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got ({self.interval_lo}, {self.interval_hi})")
+
+
+@dataclass
+class Config:
+    model: DiTConfig = field(default_factory=DiTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    text_encoder: str = "minilm"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d or {})
+        allowed = {"model", "data", "train", "sample", "text_encoder"}
+        unknown = set(d) - allowed
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(
+            model=DiTConfig.from_dict(d.get("model") or {}),
+            data=_from_dict(DataConfig, d.get("data") or {}, "data"),
+            train=_from_dict(TrainConfig, d.get("train") or {}, "train"),
+            sample=_from_dict(SampleConfig, d.get("sample") or {}, "sample"),
+            text_encoder=str(d.get("text_encoder", "minilm")),
+        )
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "data": asdict(self.data), "train": asdict(self.train),
+                "sample": asdict(self.sample), "text_encoder": self.text_encoder}
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Apply ["train.lr=1e-4", "model.depth=4"] to a nested dict (values parsed as YAML scalars)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return d
+
+
+def read_yaml_config(path: str | Path, overrides: list[str] | None = None, what: str = "config file") -> dict:
+    """A YAML file holding a mapping, with KEY=VALUE overrides applied; clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} {path} must hold a mapping at the top level")
+    return apply_overrides(d, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return Config.from_dict(read_yaml_config(path, overrides))
