@@ -18,6 +18,8 @@ import ditkit
 from ditkit.core.precision import bf16_is_fast
 from ditkit.training.train import training_autocast
 
+from common import apply_threads
+
 
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
@@ -34,8 +36,7 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     cpu = torch.device("cpu")
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, bf16_is_fast {bf16_is_fast(cpu)}")
     a = torch.randn(1024, 1024)

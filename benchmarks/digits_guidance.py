@@ -14,11 +14,13 @@ import json
 import warnings
 
 import numpy as np
-import torch
 
 import ditkit
 from ditkit.data import digits
+from ditkit.evaluation.digits_judge import digit_accuracy
 from ditkit.evaluation.fwd import fwd
+
+from common import apply_threads
 
 SETTINGS = [(1.0, (0.0, 1.0)), (1.5, (0.0, 1.0)), (2.0, (0.0, 1.0)), (3.0, (0.0, 1.0)), (3.0, (0.1, 0.8)),
             (4.0, (0.1, 0.7))]
@@ -31,8 +33,7 @@ def main() -> None:
     p.add_argument("--per-digit", type=int, default=20)
     p.add_argument("--threads", type=int)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     warnings.simplefilter("ignore")  # FWD warns that 200 images < a packet's feature dimension at level 4
     train, test = digits.load_split("train").images, digits.load_split("test").images
     prompts = digits.benchmark_prompts(args.per_digit)
@@ -42,7 +43,7 @@ def main() -> None:
     print("| guidance | interval | accuracy | FWD | FWD ratio |\n|---:|---|---:|---:|---:|")
     for g, interval in SETTINGS:
         images = pipe.generate(prompts, guidance=g, guidance_interval=interval, seed=args.seed, batch_size=50)
-        acc = digits.digit_accuracy(images, prompts)["accuracy"]
+        acc = digit_accuracy(images, prompts)["accuracy"]
         d = fwd(np.stack([np.asarray(im) for im in images]), test)
         print(f"| {g} | {list(interval)} | {acc:.3f} | {d:.5f} | {d / base:.2f} |", flush=True)
     print(json.dumps({"baseline_fwd": base, "images": n}))

@@ -19,10 +19,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 import ditkit
 from ditkit.evaluation.evaluate import shapes_eval
+
+from common import apply_threads
 
 
 def run_cost(pipe) -> dict:
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    apply_threads(args)
     step_list = [int(s) for s in args.steps.split(",")]
     rows = []
     for name in args.students:

@@ -30,6 +30,8 @@ import torch
 import ditkit
 from ditkit.core.model import count_parameters
 
+from common import apply_threads
+
 TARGET_S_PER_IMAGE = 0.5
 TARGET_BATCH = 16
 PRECISIONS = ("fp32", "bf16")
@@ -79,8 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     print(f"# embedded_speed{' (QUICK: not a measurement)' if args.quick else ''}")
     print(f"torch {torch.__version__}, ditkit {ditkit.__version__}, python {platform.python_version()}, "
           f"device {args.device}, threads {torch.get_num_threads()}")

@@ -37,7 +37,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from typing import Callable
 
@@ -46,6 +45,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ditkit.core.model import PIXART, DiT, DiTConfig, count_parameters
+
+from common import apply_threads, medians, time_call, time_interleaved
 
 PRECISIONS = ("fp32", "bf16")
 aten = torch.ops.aten
@@ -178,41 +179,6 @@ def train_fn(model, call, opt, inputs, precision: str, device: torch.device,
 # timing
 # ----------------------------------------------------------------------------
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_once(fn: Callable[[], None], inner: int, device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / inner
-
-
-def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int, min_sample_s: float,
-                     device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in interleaved rounds (A B, B A, A B, ...).
-
-    Each sample runs a fn `inner` times back to back, with inner chosen after the
-    warmup so that one sample lasts about min_sample_s (small calls are too short
-    for one perf_counter reading to mean much)."""
-    inner = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        one = time_once(fn, 1, device)
-        inner[name] = max(1, round(min_sample_s / max(one, 1e-6)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            samples[name].append(time_once(fns[name], inner[name], device))
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
 def matmul_gflops(n: int, precision: str, repeats: int, device: torch.device) -> list[float]:
     """GFLOP/s samples of an n x n x n matmul (2 n^3 FLOPs) in the given precision."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -221,9 +187,9 @@ def matmul_gflops(n: int, precision: str, repeats: int, device: torch.device) ->
     b = torch.randn(n, n, generator=g).to(device, dtype)
     for _ in range(2):
         a @ b
-    one = time_once(lambda: a @ b, 1, device)
+    one, _ = time_call(lambda: a @ b, device)
     inner = max(1, round(0.2 / max(one, 1e-6)))
-    return [2 * n**3 / time_once(lambda: a @ b, inner, device) / 1e9 for _ in range(repeats)]
+    return [2 * n**3 / time_call(lambda: a @ b, device, inner)[0] / 1e9 for _ in range(repeats)]
 
 
 def count_flops(fn: Callable[[], None]) -> int:
@@ -307,8 +273,7 @@ def profile_forward(models: dict[str, tuple[torch.nn.Module, Callable]], args, d
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     import diffusers
@@ -350,8 +315,8 @@ def main(argv=None) -> int:
                     fb = train_fn(pixart, call_pixart, p_opt, inputs, precision, device)
                 # FLOPs are the same in both precisions; count them in the one being timed anyway (cheap).
                 flops = {"ditkit": count_flops(fa), "diffusers": count_flops(fb)}
-                sec = time_interleaved({"ditkit": fa, "diffusers": fb}, args.repeats, args.warmup,
-                                       args.min_sample_s, device)
+                sec = medians(time_interleaved({"ditkit": fa, "diffusers": fb}, args.repeats, args.warmup,
+                                               device, args.min_sample_s))
                 row = dict(config=kind, what=what, batch=batch, precision=precision,
                            ditkit_ms=sec["ditkit"] * 1e3, diffusers_ms=sec["diffusers"] * 1e3,
                            ratio=sec["ditkit"] / sec["diffusers"],

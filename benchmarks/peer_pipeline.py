@@ -9,7 +9,7 @@ table, adaLN-single blocks, no pooled text; width 256, depth 8, 4 heads, patch 8
 ditkit.interop.diffusers.to_diffusers into diffusers' PixArtTransformer2DModel, so both sides
 run the same network with the same weights:
 
-- ditkit:    ditkit.api.generate_tensor (Euler, CFG with cond + uncond in one
+- ditkit:    ditkit.engine.generate_tensor (Euler, CFG with cond + uncond in one
              batch, ditkit's noise per seed), the path Pipeline.generate takes;
 - diffusers: the PixArt pipeline's denoising loop written out (diffusers has no
              pixel-space PixArt pipeline: PixArtAlphaPipeline needs a VAE and T5):
@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 import zlib
 from contextlib import nullcontext
 
@@ -50,7 +48,9 @@ from ditkit.engine.cache import parse_cache_spec
 from ditkit.core.config import SampleConfig
 from ditkit.interop.diffusers import to_diffusers
 from ditkit.core.model import PIXART, DiT, DiTConfig
-from ditkit.api import generate_tensor
+from ditkit.engine import generate_tensor
+
+from common import apply_threads, medians, time_interleaved
 
 PROMPTS = ["a red circle to the left of a blue square", "two green triangles", "a yellow star above a purple circle",
            "three small blue squares", "a big orange circle", "a red square below a green star"]
@@ -122,19 +122,6 @@ def diffusers_run(transformer, encoder, prompts, args, precision: str, device: t
     return x
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> tuple[float, torch.Tensor]:
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, out
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,8 +163,7 @@ ROWS = {"off": ("fp32", False, "fp32"), "on": ("bf16", True, "fp32"), "bf16 both
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     import diffusers
 
@@ -208,17 +194,10 @@ def main(argv=None) -> int:
             fns = {"ditkit": lambda: ditkit_run(model, encoder, prompts, args, d_prec,
                                                 args.cache if use_cache else None, stats),
                    "diffusers": lambda: diffusers_run(transformer, encoder, prompts, args, p_prec, device)}
-            for fn in fns.values():
-                for _ in range(args.warmup):
-                    fn()
-            samples: dict[str, list[float]] = {k: [] for k in fns}
             images = {}
-            order = list(fns)
-            for r in range(args.repeats):
-                for name in (order if r % 2 == 0 else order[::-1]):
-                    sec, images[name] = timed(fns[name], device)
-                    samples[name].append(sec)
-            sec = {k: statistics.median(v) / batch for k, v in samples.items()}
+            samples = time_interleaved(fns, args.repeats, args.warmup, device,
+                                       on_sample=lambda r, name, sec, out: images.__setitem__(name, out))
+            sec = {k: v / batch for k, v in medians(samples).items()}
             diff = float((images["ditkit"].float() - images["diffusers"].float()).abs().max())
             hits = f"{stats['hits']}/{stats['calls']}" if "calls" in stats else "-"
             res = dict(batch=batch, row=row, ditkit_precision=d_prec, ditkit_cache=args.cache if use_cache else None,

@@ -17,13 +17,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import ditkit
 from ditkit.core.checkpoint import read_model_config, save_model
 from ditkit.evaluation.evaluate import shapes_eval
-from ditkit.api import generate_tensor
+from ditkit.engine import generate_tensor
 from ditkit.accel.prune import block_scores, default_calibration_prompts, recovery_tune, remove_blocks, removable_order
+
+from common import apply_threads
 
 
 def seconds_per_image(model, encoder, sample, batch: int = 16, repeats: int = 2) -> float:
@@ -49,8 +49,7 @@ def main() -> None:
     p.add_argument("--save-k", type=int)
     p.add_argument("--save-dir")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     pipe = ditkit.load(args.model)
     teacher, enc, sample = pipe.model.eval(), pipe.text_encoder, pipe.defaults
     data = pipe.config["data"]

@@ -12,11 +12,11 @@ import json
 import time
 from dataclasses import replace
 
-import torch
-
 import ditkit
 from ditkit.evaluation.evaluate import shapes_eval
 from ditkit.core.guidance import APG
+
+from common import apply_threads
 
 SETTINGS = [  # (sampler, steps, guidance, apg)
     ("euler", 25, 4.0, False),
@@ -39,8 +39,7 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--only", type=int, nargs="*", help="indices of SETTINGS to run")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     pipe = ditkit.load(args.model)
     rows = []
     for i, (sampler, steps, guidance, apg) in enumerate(SETTINGS):

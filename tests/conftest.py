@@ -122,3 +122,61 @@ def save_perturbed_model(folder, sample, depth: int = 4, dataset: str | None = "
     extra = {"data": {"dataset": dataset, "size": 32}} if dataset else None
     save_model(folder, model, sample, extra=extra)
     return folder
+
+
+# -- helpers shared by several test modules (tests never import each other) -----------------
+
+
+def run_cli(args, capsys):
+    """Run `ditkit ARGS` in-process: (exit code, stdout, stderr)."""
+    from ditkit.cli.main import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    """A user error: exit 2 and one "ditkit: error:" line on stderr (warnings aside) holding every needle."""
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if not line.startswith("ditkit: warning")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ditkit: error:")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def tiny_folder(root, name, cond_channels=0, sample=None):
+    """Save a 32 px, 1-block model folder root/name whose weights are moved off their init."""
+    from ditkit.core.checkpoint import save_model
+
+    torch.manual_seed(1)
+    model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32,
+                          cond_channels=cond_channels))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = root / name
+    save_model(folder, model, sample or SampleConfig(steps=2, guidance=2.0, size=32))
+    return folder
+
+
+def scene_image(size=32, seed=0):
+    """A random shapes-world scene as a PIL image."""
+    import numpy as np
+
+    from ditkit.data.shapes import render, sample_scene
+
+    return render(sample_scene(np.random.default_rng(seed), size).objects, size)
+
+
+def box_mask(w, h, box):
+    """A w x h "L" mask, 255 inside box = (x0, y0, x1, y1) and 0 elsewhere."""
+    import numpy as np
+    from PIL import Image
+
+    m = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = 255
+    return Image.fromarray(m)

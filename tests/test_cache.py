@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import ditkit
-from ditkit.engine.cache import FirstBlockCache, SmoothSchedule, calibrate_smooth, parse_cache_spec
-from ditkit.api import generate_tensor
+from ditkit.engine.cache import FirstBlockCache, SmoothSchedule, parse_cache_spec
+from ditkit.engine.calibration import calibrate_smooth
+from ditkit.engine.generate import generate_tensor
 from ditkit.core.precision import check_precision, int8_model
 from conftest import save_perturbed_model
-from test_cli import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow square"]
 
@@ -152,8 +153,23 @@ def test_training_falls_back_to_fp32_where_bf16_is_emulated(monkeypatch):
     assert precision.training_precision("bf16", "cpu") == "bf16"
 
 
-def test_bf16_speed_probe():
-    from ditkit.core.precision import bf16_is_fast
+def test_bf16_speed_probe(monkeypatch):
+    """bf16_is_fast follows oneDNN's probe on CPU, reads a missing probe as slow, and trusts GPUs."""
+    from types import SimpleNamespace
 
-    assert bf16_is_fast("cuda") is True  # GPUs have native bf16 (no probe needed)
-    assert isinstance(bf16_is_fast("cpu"), bool)
+    import ditkit.core.precision as precision
+
+    assert precision.bf16_is_fast("cuda") is True and precision.bf16_is_fast("cuda:0") is True
+    for native in (True, False):
+        monkeypatch.setattr(torch, "ops", SimpleNamespace(mkldnn=SimpleNamespace(
+            _is_mkldnn_bf16_supported=lambda native=native: native)))
+        assert precision.bf16_is_fast("cpu") is native
+        assert precision.bf16_is_fast("cuda") is True  # never probed on a GPU
+
+    def no_onednn():
+        raise RuntimeError("torch built without oneDNN")
+
+    monkeypatch.setattr(torch, "ops", SimpleNamespace(mkldnn=SimpleNamespace(_is_mkldnn_bf16_supported=no_onednn)))
+    assert precision.bf16_is_fast("cpu") is False
+    monkeypatch.setattr(torch, "ops", SimpleNamespace())  # no mkldnn namespace at all
+    assert precision.bf16_is_fast("cpu") is False

@@ -15,21 +15,7 @@ from PIL import Image
 
 from ditkit.cli.main import main
 
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if not line.startswith("ditkit: warning")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ditkit: error:")
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+from conftest import assert_one_line_error, run_cli
 
 
 def test_generate_writes_image(tiny_model_dir, tmp_path, capsys):

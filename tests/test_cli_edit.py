@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ditkit.cli.main import main
-from test_tasks import _box_mask, _scene, _tiny_folder
+from conftest import box_mask as _box_mask, scene_image as _scene, tiny_folder as _tiny_folder
 
 
 def run(args, capsys):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ditkit.cli.main import main
-from test_cli import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

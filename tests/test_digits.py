@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ditkit.data import digits
+from ditkit.evaluation.digits_judge import classifier, digit_accuracy
 
 
 def test_split_is_fixed_stratified_and_white_paper():
@@ -53,15 +54,15 @@ def test_judge_is_accurate_on_real_test_digits_and_confusion_adds_up():
     test = digits.load_split("test")
     images = [Image.fromarray(a) for a in test.images]
     prompts = [digits.caption_for(d) for d in test.labels]
-    res = digits.digit_accuracy(images, prompts)
+    res = digit_accuracy(images, prompts)
     assert res["accuracy"] >= 0.95
     assert np.asarray(res["confusion"]).sum() == len(images)
     assert np.trace(np.asarray(res["confusion"])) / len(images) == pytest.approx(res["accuracy"])
     # shuffled prompts: near chance
     rng = np.random.default_rng(0)
-    shuffled = digits.digit_accuracy(images, [digits.caption_for(d) for d in rng.permutation(test.labels)])
+    shuffled = digit_accuracy(images, [digits.caption_for(d) for d in rng.permutation(test.labels)])
     assert shuffled["accuracy"] < 0.2
-    probs = digits.classifier().proba(test.images[:5])
+    probs = classifier().proba(test.images[:5])
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1)
 
 

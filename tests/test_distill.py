@@ -12,8 +12,10 @@ import torch
 from conftest import save_perturbed_model
 from ditkit.cli.main import main
 from ditkit.core.config import SampleConfig
-from ditkit.accel.distill import DistillConfig, consistency_fn, distill, distill_loss, load_distill_config, pseudo_huber
-from ditkit.api import generate_tensor, initial_noise, load
+from ditkit.accel.distill import (DistillConfig, consistency_fn, distill, distill_loss, load_distill_config,
+                                  load_teacher, pseudo_huber)
+from ditkit.api import load
+from ditkit.engine import generate_tensor, initial_noise
 from ditkit.accel.reflow import make_pairs, pair_seeds, reflow_loss
 
 
@@ -49,6 +51,56 @@ def test_consistency_function_is_the_identity_at_t0_and_the_loss_vanishes_on_str
     assert float(loss2.detach()) > 0.01
 
 
+class TextStates:
+    """A stand-in text encoder with the tiny DiT's 16-dim states (a fixed function of the prompt)."""
+
+    def encode(self, prompts, device=None):
+        states = torch.stack([torch.full((3, 16), float(len(p)) / 10) for p in prompts])
+        return states, torch.ones(len(prompts), 3, dtype=torch.bool)
+
+
+def test_lcm_steps_in_the_training_loop_lower_the_loss_on_a_fixed_batch(make_dit):
+    """The student's consistency error against a fixed target shrinks under the loop's steps."""
+    import copy
+
+    from ditkit.training.loop import TrainingLoop, TrainSettings
+
+    teacher = make_dit(perturb=True).requires_grad_(False)
+    student, target = copy.deepcopy(teacher).requires_grad_(True).train(), copy.deepcopy(teacher)
+    cfg = DistillConfig(grid=10, skip=3, guidance=3.0, precision="fp32")
+    x0 = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def loss_fn(step):
+        return distill_loss(student, target, teacher, TextStates(), cfg, x0, ["a red circle", "", "b", "cc"],
+                            torch.Generator().manual_seed(0), torch.device("cpu"))
+
+    with torch.no_grad():
+        first = float(loss_fn(0))
+    assert first > 0.01  # the teacher is not its own consistent student (its paths are not straight)
+    TrainingLoop(student, TrainSettings(steps=30, lr=2e-3, grad_clip=1.0)).run(loss_fn)
+    with torch.no_grad():
+        assert float(loss_fn(0)) < 0.5 * first
+
+
+def test_both_distillation_methods_run_in_the_one_loop(tmp_path, monkeypatch):
+    from ditkit.training import loop as loop_module
+
+    runs = []
+    real_run = loop_module.TrainingLoop.run
+
+    def spy(self, loss_fn, **kw):
+        runs.append((self.settings.label, self.ema is not None))
+        return real_run(self, loss_fn, **kw)
+
+    monkeypatch.setattr(loop_module.TrainingLoop, "run", spy)
+    teacher = save_perturbed_model(tmp_path / "teacher", SampleConfig(steps=2, guidance=3.0, size=32), depth=1)
+    for method in ("lcm", "reflow"):
+        cfg = DistillConfig(method=method, steps=1, batch_size=2, pairs=2, grid=10, skip=2, precision="fp32")
+        distill(str(teacher), cfg, tmp_path / method, progress=False)
+    # LCM's target network is the loop's EMA copy; reflow has none
+    assert runs == [("distill (lcm)", True), ("distill (reflow)", False)]
+
+
 def test_pseudo_huber():
     a = torch.randn(3, 4)
     assert float(pseudo_huber(a, a, 0.03)) == 0.0
@@ -59,13 +111,17 @@ def test_distill_writes_a_few_step_student(tmp_path):
     teacher = save_perturbed_model(tmp_path / "teacher", SampleConfig(steps=4, guidance=3.0, size=32), depth=1)
     cfg = DistillConfig(steps=3, batch_size=2, checkpoint_every=2, log_every=1, precision="fp32", grid=10, skip=2)
     result = distill(str(teacher), cfg, tmp_path / "student")
-    assert result["steps"] == 3 and result["loss"] >= 0
+    assert result["steps"] == 3
     pipe = load(tmp_path / "student")
+    # The student was trained: it starts as the teacher and three steps moved its weights.
+    before, after = load(teacher).model.state_dict(), pipe.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
     assert pipe.defaults.steps == 4 and pipe.defaults.guidance == 1.0  # no CFG pass at sampling
     assert pipe.config["distilled_from"].endswith("teacher")
     assert pipe.generate("a red circle", steps=1)[0].size == (32, 32)
     rows = [json.loads(x) for x in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert [r["loss"] for r in rows if "loss" in r][-1] == result["loss"]
     with pytest.raises(ValueError, match="not empty"):
         distill(str(teacher), cfg, tmp_path / "student")
 
@@ -96,7 +152,8 @@ def test_distill_cli_and_config_errors(tmp_path, capsys):
 def test_reflow_pairs_are_the_guided_teachers_own_samples(tmp_path):
     teacher = save_perturbed_model(tmp_path / "teacher", SampleConfig(steps=3, guidance=3.0, size=32), depth=1)
     pipe = load(teacher)
-    pairs = make_pairs(pipe, 5, guidance=2.0, teacher_steps=2, seed=1, dataset="shapes", size=32, batch_size=2)
+    engine, _ = load_teacher(teacher)
+    pairs = make_pairs(engine, 5, guidance=2.0, teacher_steps=2, seed=1, dataset="shapes", size=32, batch_size=2)
     assert pairs["x0"].shape == pairs["eps"].shape == (5, 3, 32, 32) and len(pairs["captions"]) == 5
     seeds = pair_seeds(1, 5)
     assert torch.equal(pairs["eps"], initial_noise(5, (3, 32, 32), seeds, torch.device("cpu")))
@@ -104,12 +161,12 @@ def test_reflow_pairs_are_the_guided_teachers_own_samples(tmp_path):
     sample = SampleConfig(steps=2, guidance=2.0, size=32)
     one = generate_tensor(pipe.model, pipe.text_encoder, pairs["captions"][3:4], sample, seeds[3:4]).clamp(-1, 1)
     assert torch.allclose(pairs["x0"][3:4], one, atol=1e-5)
-    again = make_pairs(pipe, 5, guidance=2.0, teacher_steps=2, seed=1, dataset="shapes", size=32, batch_size=5)
+    again = make_pairs(engine, 5, guidance=2.0, teacher_steps=2, seed=1, dataset="shapes", size=32, batch_size=5)
     assert torch.allclose(again["x0"], pairs["x0"], atol=1e-5) and again["captions"] == pairs["captions"]
-    other = make_pairs(pipe, 5, guidance=2.0, teacher_steps=2, seed=2, dataset="shapes", size=32, batch_size=2)
+    other = make_pairs(engine, 5, guidance=2.0, teacher_steps=2, seed=2, dataset="shapes", size=32, batch_size=2)
     assert not torch.equal(other["eps"], pairs["eps"])
     with pytest.raises(ValueError, match="pairs must be >= 1"):
-        make_pairs(pipe, 0, 2.0, 2, 1, "shapes", 32)
+        make_pairs(engine, 0, 2.0, 2, 1, "shapes", 32)
 
 
 def test_reflow_loss_vanishes_exactly_on_the_straight_couplings():
@@ -132,7 +189,7 @@ def test_reflow_distillation_fits_its_pairs_and_init_continues_a_student(tmp_pat
     assert rows[1]["pairs"] == 4 and result["steps"] == 40
     # The student fits the straight couplings better than the teacher it started from.
     pipe = load(teacher)
-    pairs = make_pairs(pipe, 4, cfg.guidance, 0, cfg.seed, "shapes", 32, 4)
+    pairs = make_pairs(load_teacher(teacher)[0], 4, cfg.guidance, 0, cfg.seed, "shapes", 32, 4)
 
     def pair_loss(model):
         return float(reflow_loss(model, pipe.text_encoder, pairs, 64, "fp32", torch.Generator().manual_seed(5),

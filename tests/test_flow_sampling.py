@@ -10,7 +10,7 @@ import torch
 
 from ditkit.core import flow
 from ditkit.core.guidance import model_velocity
-from ditkit.api import generate_tensor, initial_noise
+from ditkit.engine.generate import generate_tensor, initial_noise
 from ditkit.core.config import SampleConfig
 from ditkit.core.sampling import SAMPLERS, get_sampler, nfe, sample, sample_dpm2m, sample_euler, sample_heun, timesteps
 
@@ -203,9 +203,23 @@ def test_nfe_and_callback(name):
         calls.append(t)
         return gaussian_velocity(x, t)
 
-    get_sampler(name)(velocity, _noise(8), timesteps(5), lambda i, n: progress.append((i, n)))
+    x = get_sampler(name)(velocity, _noise(8), timesteps(5), progress.append)
     assert len(calls) == nfe(name, 5)
-    assert progress == [(i, 5) for i in range(1, 6)]
+    assert [(p["step"], p["steps"]) for p in progress] == [(i, 5) for i in range(1, 6)]
+    assert all(set(p) == {"step", "steps", "t", "x", "x0"} for p in progress)
+    assert [p["t"] for p in progress] == [float(t) for t in timesteps(5)[:-1]]
+    for p in progress:  # x0 is the denoised estimate at the step's start: x - t v(x, t)
+        torch.testing.assert_close(p["x0"], p["x"] - p["t"] * gaussian_velocity(p["x"], p["t"]))
+    assert torch.equal(progress[0]["x"], _noise(8))
+    if name in ("euler", "dpm2m"):  # their last step lands on x0 exactly
+        assert torch.equal(progress[-1]["x0"], x)
+
+
+def test_callback_does_not_change_the_samples():
+    for name in SAMPLERS:
+        plain = get_sampler(name)(gaussian_velocity, _noise(8), timesteps(4, 3.0))
+        watched = get_sampler(name)(gaussian_velocity, _noise(8), timesteps(4, 3.0), lambda info: None)
+        assert torch.equal(plain, watched)
 
 
 def test_unknown_sampler_lists_options():

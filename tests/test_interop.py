@@ -19,7 +19,7 @@ import torch
 from ditkit.cli.main import main
 from ditkit.core.config import SampleConfig
 from ditkit.core.model import PIXART, DiT, DiTConfig, sincos_2d, timestep_embedding
-from ditkit.api import generate_tensor, initial_noise
+from ditkit.engine import generate_tensor, initial_noise
 from ditkit.core.sampling import timesteps
 
 diffusers = pytest.importorskip("diffusers")

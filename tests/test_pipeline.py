@@ -64,7 +64,7 @@ def test_bad_arguments(pipe):
 @pytest.mark.skipif("shapes-64" not in embedded_models(), reason="embedded model not built")
 def test_embedded_default_model_draws_what_it_is_asked():
     """The shipped model, at its default settings, on single-object prompts it never saw with these seeds."""
-    from ditkit.data.shapes import score_image
+    from ditkit.evaluation.shapes_scoring import score_image
 
     pipe = ditkit.load("shapes-64")
     prompts = ["a large red circle", "a small blue square", "a large green triangle", "a large yellow square"]
@@ -93,3 +93,73 @@ def test_model_default_guidance_interval_is_used(tiny_model_dir, tmp_path):
     assert np.array_equal(np.asarray(a), np.asarray(b)) and not np.array_equal(np.asarray(a), np.asarray(c))
     with pytest.raises(ValueError, match="interval"):
         pipe.generate("x", guidance_interval=(0.8, 0.2))
+
+
+def test_pipeline_is_a_facade_without_mixins():
+    from ditkit.tasks import pipeline_edit
+
+    assert ditkit.Pipeline.__bases__ == (object,)
+    assert not hasattr(pipeline_edit, "EditMethods")
+    assert ditkit.embedded_models() == embedded_models()
+
+
+def test_callback_reports_steps_previews_and_request_progress(pipe):
+    """The engine callback: the sampler's step dict (x0 = the denoised preview) plus done/total
+    image-steps over the whole request; with Euler the last preview is the batch's output."""
+    from ditkit.core.progress import progress_callback
+
+    infos = []
+    x = pipe.engine.generate(pipe.request(["a", "b", "c"], [0, 1, 2], steps=3, batch_size=2, sampler="euler"),
+                             infos.append)
+    assert [i["step"] for i in infos] == [1, 2, 3, 1, 2, 3] and {i["steps"] for i in infos} == {3}
+    assert [i["done"] for i in infos] == [2, 4, 6, 7, 8, 9] and {i["total"] for i in infos} == {9}
+    assert [i["index"] for i in infos] == [0, 0, 0, 2, 2, 2]
+    assert all({"step", "steps", "t", "x", "x0", "done", "total", "index"} <= set(i) for i in infos)
+    assert infos[0]["t"] == 1.0 and infos[0]["x"].shape == (2, 3, 32, 32) and infos[3]["x0"].shape == (1, 3, 32, 32)
+    assert torch.equal(infos[2]["x0"], x[:2]) and torch.equal(infos[5]["x0"], x[2:])
+    bar = []
+    images = pipe.generate(["a", "b"], steps=2, callback=progress_callback(lambda d, n: bar.append((d, n))))
+    assert bar == [(2, 4), (4, 4)] and len(images) == 2
+
+
+def test_request_validates_in_one_place(pipe):
+    from ditkit.engine import GenerationRequest
+
+    with pytest.raises(ValueError, match="2 seeds given for 1 images"):
+        GenerationRequest(("a",), (1, 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        GenerationRequest(("a",), 0, batch_size=0)
+    with pytest.raises(ValueError, match="allowed: euler, heun, dpm2m"):
+        GenerationRequest(("a",), 0, sampler="ddim")
+    assert GenerationRequest(("a", "b"), 5).seeds == (5, 6)
+
+
+def test_prior_and_int8_copy_load_once_per_pipeline(tiny_model_dir, monkeypatch):
+    """The prior model (SampleConfig.prior_model) and the int8 copy are made on first use and
+    kept by the pipeline, also when threads share it; a new pipeline loads its own."""
+    import threading
+
+    import torch.ao.quantization as tq
+
+    import ditkit.engine.generate as engine_generate
+
+    loads, quantized = [], []
+    real_load, real_quantize = engine_generate.load_model, tq.quantize_dynamic
+    monkeypatch.setattr(engine_generate, "load_model", lambda *a, **k: (loads.append(a[0]), real_load(*a, **k))[1])
+    monkeypatch.setattr(tq, "quantize_dynamic", lambda *a, **k: (quantized.append(1), real_quantize(*a, **k))[1])
+    fresh = load(tiny_model_dir)
+    first = fresh.generate("a red circle", prior_model=str(tiny_model_dir), prior_until=0.9)[0]
+    shared = []  # images from threads that share the pipeline (a thread's exception would leave a gap)
+    threads = [threading.Thread(target=lambda: shared.append(fresh.generate(
+        "two blue squares", prior_model=str(tiny_model_dir), precision="int8")[0])) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(shared) == 3 and all(np.array_equal(np.asarray(im), np.asarray(shared[0])) for im in shared)
+    fresh.generate("a red circle", precision="int8")
+    assert len(loads) == 1 and len(quantized) == 1
+    again = fresh.generate("a red circle", prior_model=str(tiny_model_dir), prior_until=0.9)[0]
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    load(tiny_model_dir).generate("a red circle", prior_model=str(tiny_model_dir))
+    assert len(loads) == 2

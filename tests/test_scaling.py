@@ -105,7 +105,7 @@ def test_pipeline_best_of(tiny_model_dir):
 
 
 def test_best_of_sweep_never_lowers_the_verifier_score(tiny_model_dir):
-    from ditkit.evaluation.evaluate import best_of_sweep
+    from ditkit.accel.scaling import best_of_sweep
 
     pipe = ditkit.load(tiny_model_dir)
     prompts = ["a", "b", "c"]

@@ -1,4 +1,4 @@
-"""The shapes world (SHAPES.md): generator, captions, position rule, detector, scoring."""
+"""The shapes world (docs/shapes-world.md): generator, captions, position rule, detector, scoring."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from PIL import Image
 from scipy import ndimage
 
 from ditkit.data import shapes as S
-from ditkit.data.shapes import Detection, ShapeObject
+from ditkit.data.shapes import ShapeObject
+from ditkit.evaluation.shapes_detector import Detection, detect
+from ditkit.evaluation.shapes_scoring import evaluate, score_graded, score_image
 
 PER_CATEGORY = 60  # 240 benchmark images at 64 px
 
@@ -73,7 +75,7 @@ def test_palette_and_vocabulary_follow_the_contract():
 
 def test_detector_scores_generator_images_at_64(bench64):
     cats, caps, _, images = bench64
-    result = S.evaluate(images, caps, cats)
+    result = evaluate(images, caps, cats)
     assert result["n"] == 4 * PER_CATEGORY
     assert result["overall"] >= 0.99, result
     for cat in S.CATEGORIES:
@@ -84,7 +86,7 @@ def test_detector_scores_generator_images_at_64(bench64):
 def test_detector_scores_generator_images_at_other_sizes(size):
     prompts = S.benchmark_prompts(8, seed=size)
     _, images = _benchmark_images(prompts, size, seed=size)
-    result = S.evaluate(images, [c for _, c in prompts], [c for c, _ in prompts])
+    result = evaluate(images, [c for _, c in prompts], [c for c, _ in prompts])
     assert result["overall"] >= 0.99, result
     assert min(result["categories"].values()) >= 0.99, result
 
@@ -92,7 +94,7 @@ def test_detector_scores_generator_images_at_other_sizes(size):
 def test_detections_match_the_drawn_objects(bench64):
     _, _, scenes, images = bench64
     for scene, image in zip(scenes[:80], images[:80]):
-        dets = S.detect(image)
+        dets = detect(image)
         assert len(dets) == len(scene.objects)
         for obj in scene.objects:
             d = min(dets, key=lambda d: (d.cx - obj.cx) ** 2 + (d.cy - obj.cy) ** 2)
@@ -105,7 +107,7 @@ def test_detections_match_the_drawn_objects(bench64):
 def test_shuffled_captions_score_near_chance(bench64):
     cats, caps, _, images = bench64
     perm = np.random.default_rng(1).permutation(len(caps))
-    result = S.evaluate(images, [caps[i] for i in perm], cats)
+    result = evaluate(images, [caps[i] for i in perm], cats)
     assert result["overall"] < 0.3, result
 
 
@@ -115,14 +117,14 @@ def test_detection_is_robust_to_blur_and_noise(bench64):
     n = 120  # 30 per category: the prompts are grouped by category
     keep = [i for i in range(len(images)) if i % PER_CATEGORY < 30]
     assert len(keep) == n
-    base = S.evaluate([images[i] for i in keep], [caps[i] for i in keep], [cats[i] for i in keep])
+    base = evaluate([images[i] for i in keep], [caps[i] for i in keep], [cats[i] for i in keep])
     for name, transform in [
         ("blur", lambda a: _blur(a, 0.7)),
         ("noise", lambda a: _noise(a, 10.0, rng)),
         ("blur+noise", lambda a: _noise(_blur(a, 0.6), 6.0, rng)),
     ]:
         changed = [transform(images[i]) for i in keep]
-        result = S.evaluate(changed, [caps[i] for i in keep], [cats[i] for i in keep])
+        result = evaluate(changed, [caps[i] for i in keep], [cats[i] for i in keep])
         assert result["overall"] == base["overall"] == 1.0, (name, result)
 
 
@@ -140,20 +142,20 @@ def test_detector_ignores_speckles_grays_and_slight_color_shifts():
     # A slight color shift of the object.
     inside = ~(image[18:37, 18:37] == 255).all(-1)
     image[18:37, 18:37][inside] = np.clip(image[18:37, 18:37][inside].astype(int) + (12, -15, 10), 0, 255)
-    dets = S.detect(image)
+    dets = detect(image)
     assert [(d.color, d.shape) for d in dets] == [("yellow", "triangle")]
     for v in range(0, 256, 15):
-        assert S.detect(np.full((64, 64, 3), v, np.uint8)) == []
+        assert detect(np.full((64, 64, 3), v, np.uint8)) == []
 
 
 def test_detect_accepts_pil_and_validates_input():
     objs = [ShapeObject("square", "blue", 5, 5, 12), ShapeObject("circle", "orange", 30, 30, 14)]
     image = S.render(objs, 64)
-    assert S.detect(image) == S.detect(np.asarray(image)) == S.detect(image.convert("RGBA"))
+    assert detect(image) == detect(np.asarray(image)) == detect(image.convert("RGBA"))
     with pytest.raises(ValueError, match="uint8"):
-        S.detect(np.asarray(image).astype(np.float32))
+        detect(np.asarray(image).astype(np.float32))
     with pytest.raises(ValueError, match="at least 32"):
-        S.detect(np.full((16, 16, 3), 255, np.uint8))
+        detect(np.full((16, 16, 3), 255, np.uint8))
 
 
 # --------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def test_make_batch_depends_only_on_seed_and_step():
     assert x1.max() == 1.0  # white background
     # The tensor is the rendered image of the caption.
     pixels = ((x1[0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
-    assert S.score_image(pixels, c1[0])
+    assert score_image(pixels, c1[0])
     small, _ = S.make_batch(seed=0, step=0, batch_size=2, size=32)
     assert small.shape == (2, 3, 32, 32)
 
@@ -345,9 +347,9 @@ def test_parse_caption_rejects_what_it_cannot_parse(caption):
         S.parse_caption(caption)
     image = S.render([ShapeObject("circle", "red", 5, 5, 12)])
     with pytest.raises(ValueError):
-        S.score_image(image, caption)
+        score_image(image, caption)
     with pytest.raises(ValueError):
-        S.score_graded(image, caption)
+        score_graded(image, caption)
 
 
 @pytest.mark.parametrize("category", S.CATEGORIES)
@@ -407,7 +409,7 @@ def test_position_rule_hand_computed():
     assert S.relation_holds(a, b, "below") and not S.relation_holds(a, b, "to the right of")
     assert S.relation_holds(b, a, "above") and not S.relation_holds(b, a, "below")
     # offset (-6, -6); shrink 2 -> (-4, -4) -> unit (-0.707, -0.707): left and above.
-    # (SHAPES.md normalizes the shrunk vector to unit length; dividing by the
+    # (docs/shapes-world.md normalizes the shrunk vector to unit length; dividing by the
     # unshrunk length, -4 / 8.49 = -0.47, would make neither hold.)
     a = _det(34, 24, 10, 10)
     assert S.position_vector(a, b) == pytest.approx((-math.sqrt(0.5), -math.sqrt(0.5)))
@@ -439,21 +441,21 @@ def test_scoring_rules():
     extra = ShapeObject("triangle", "green", 20, 40, 14)
     image = S.render([red_circle, blue_square, extra])
     # Named counts are "at least": an unnamed extra object does not fail these.
-    assert S.score_image(image, "a red circle and a blue square")
-    assert S.score_image(image, "a large red circle")  # size words are not scored
-    assert S.score_image(image, "a red circle to the left of a blue square")
-    assert not S.score_image(image, "a red circle to the right of a blue square")
-    assert not S.score_image(image, "a blue circle and a red square")  # color attribution
+    assert score_image(image, "a red circle and a blue square")
+    assert score_image(image, "a large red circle")  # size words are not scored
+    assert score_image(image, "a red circle to the left of a blue square")
+    assert not score_image(image, "a red circle to the right of a blue square")
+    assert not score_image(image, "a blue circle and a red square")  # color attribution
     # Counting is exact.
     circles = [ShapeObject("circle", "red", x, 20, 10) for x in (2, 18, 34)]
     image = S.render(circles)
-    assert S.score_image(image, "three red circles")
-    assert not S.score_image(image, "two red circles")
-    assert not S.score_image(image, "four red circles")
-    assert S.score_image(image, "two red circles and a red circle")  # clauses add up
+    assert score_image(image, "three red circles")
+    assert not score_image(image, "two red circles")
+    assert not score_image(image, "four red circles")
+    assert score_image(image, "two red circles and a red circle")  # clauses add up
     # A relation needs two different detections, even for identical clauses.
-    assert S.score_image(image, "a red circle to the left of a red circle")
-    assert not S.score_image(S.render(circles[:1]), "a red circle to the left of a red circle")
+    assert score_image(image, "a red circle to the left of a red circle")
+    assert not score_image(S.render(circles[:1]), "a red circle to the left of a red circle")
 
 
 def test_score_graded_ranks_near_misses():
@@ -465,28 +467,28 @@ def test_score_graded_ranks_near_misses():
         ShapeObject("square", "blue", 40, 20, 12),
     ])
     nothing = S.render([ShapeObject("triangle", "yellow", 20, 20, 14)])
-    scores = [S.score_graded(im, caption) for im in (right, swapped, wrong_color, nothing)]
+    scores = [score_graded(im, caption) for im in (right, swapped, wrong_color, nothing)]
     assert scores[0] == 1.0
     assert all(0.0 <= s < 1.0 for s in scores[1:])
     assert scores[0] > scores[1] > scores[3] and scores[0] > scores[2] > scores[3], scores
     # Counting: one too many is closer than none; exact is 1.
     two = [ShapeObject("square", "purple", x, 20, 10) for x in (2, 18)]
     three = two + [ShapeObject("square", "purple", 34, 20, 10)]
-    g2, g3, g0 = (S.score_graded(S.render(o), "two purple squares") for o in (two, three, []))
+    g2, g3, g0 = (score_graded(S.render(o), "two purple squares") for o in (two, three, []))
     assert g2 == 1.0 and 0.0 < g3 < 1.0 and g0 == 0.0 and g3 > g0
     # 1.0 exactly when score_image is True, on generator images and shuffled captions.
     prompts = S.benchmark_prompts(5, seed=4)
     _, images = _benchmark_images(prompts, 64, seed=4)
     captions = [c for _, c in prompts]
     for image, caption in zip(images, captions[1:] + captions[:1]):
-        assert (S.score_graded(image, caption) == 1.0) == S.score_image(image, caption)
-    assert all(S.score_graded(im, c) == 1.0 for im, c in zip(images, captions))
+        assert (score_graded(image, caption) == 1.0) == score_image(image, caption)
+    assert all(score_graded(im, c) == 1.0 for im, c in zip(images, captions))
 
 
 def test_evaluate_is_mean_of_category_means():
     good = S.render([ShapeObject("circle", "red", 4, 4, 12)])
     bad = S.render([ShapeObject("square", "blue", 4, 4, 12)])
-    result = S.evaluate(
+    result = evaluate(
         [good, bad, good, good],
         ["a red circle", "a red circle", "two red circles", "a red circle"],
         ["single_object", "single_object", "counting", "position"],
@@ -495,6 +497,6 @@ def test_evaluate_is_mean_of_category_means():
     assert result["categories"] == {"single_object": 0.5, "counting": 0.0, "position": 1.0}
     assert result["overall"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="same length"):
-        S.evaluate([good], ["a red circle", "a red circle"], ["single_object"])
+        evaluate([good], ["a red circle", "a red circle"], ["single_object"])
     with pytest.raises(ValueError, match="at least one"):
-        S.evaluate([], [], [])
+        evaluate([], [], [])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ditkit.core.config import load_config
-from ditkit.data.shapes import reference_images, score_image
+from ditkit.data.shapes import reference_images
+from ditkit.evaluation.shapes_scoring import score_image
 from ditkit.core.flow import interpolate, posterior_mean_x0, velocity_target, velocity_target_from_x0_estimate
 from ditkit.training.train import step_batch, train
 

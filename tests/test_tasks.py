@@ -18,17 +18,7 @@ from ditkit.core.images import load_image, load_mask
 from ditkit.core.model import DiT, DiTConfig
 from ditkit.api import load
 
-
-def _tiny_folder(root, name, cond_channels=0, sample=None):
-    torch.manual_seed(1)
-    model = DiT(DiTConfig(width=32, depth=1, heads=2, patch_size=8, stem_channels=4, sample_size=32,
-                          cond_channels=cond_channels))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    folder = root / name
-    save_model(folder, model, sample or SampleConfig(steps=2, guidance=2.0, size=32))
-    return folder
+from conftest import box_mask as _box_mask, scene_image as _scene, tiny_folder as _tiny_folder
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +29,6 @@ def pipes(tmp_path_factory):
         "inpaint": load(_tiny_folder(root, "inp", 4)),
         "upscale": load(_tiny_folder(root, "up", 3, SampleConfig(steps=2, guidance=1.0, size=32))),
     }
-
-
-def _scene(size=32, seed=0) -> Image.Image:
-    from ditkit.data.shapes import render, sample_scene
-
-    return render(sample_scene(np.random.default_rng(seed), size).objects, size)
-
-
-def _box_mask(w, h, box) -> Image.Image:
-    m = np.zeros((h, w), np.uint8)
-    x0, y0, x1, y1 = box
-    m[y0:y1, x0:x1] = 255
-    return Image.fromarray(m)
 
 
 def _photos():
@@ -270,3 +247,25 @@ def test_every_task_runs_on_real_photos_and_keeps_the_kept_region(pipes):
             assert pipes["text"].fuse(photo, _scene(), alpha=0.5).size == (32, 32)
             small = photo.resize((24, 24))
             assert pipes["upscale"].upscale(small).size == (48, 48)
+
+
+def test_tasks_are_functions_over_an_engine(pipes):
+    """The Pipeline methods are the tasks' functions on the pipeline's engine, nothing more."""
+    from ditkit.tasks import pipeline_edit
+
+    pipe, image = pipes["text"], _scene(seed=3)
+    direct = pipeline_edit.vary(pipe.engine, image, "a red circle", strength=0.5, seed=4)[0]
+    assert np.array_equal(np.asarray(direct), np.asarray(pipe.vary(image, "a red circle", strength=0.5, seed=4)[0]))
+    with pytest.raises(ValueError, match="needs an upscaling model"):
+        pipeline_edit.upscale(pipe.engine, image)
+
+
+def test_inpaint_companion_is_loaded_once():
+    import ditkit
+
+    if "shapes-64-inpaint" not in ditkit.embedded_models():
+        pytest.skip("embedded models not built")
+    pipe = load("shapes-64")
+    first = pipe.companion("inpaint")
+    assert first is pipe.companion("inpaint") and first.model.config.cond_channels == 4
+    assert pipe.companion("no-such-suffix") is None

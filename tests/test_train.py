@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ditkit.core.checkpoint import MODEL_FILE, STATE_FILE, load_model
 from ditkit.core.config import Config, apply_overrides, load_config
 from ditkit.core.encoders import get_text_encoder
 from ditkit.core.model import DiT
-from ditkit.training.train import lr_at, train, training_loss
+from ditkit.training.train import train, training_loss
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def test_train_writes_a_loadable_model_and_a_log(train_config):
     assert result["step"] == 4
     assert [r[0] for r in _losses(out)] == [1, 2, 3, 4]
     assert all(r[1] > 0 for r in _losses(out))
-    assert [r[2] for r in _losses(out)] == [lr_at(s, cfg) for s in range(4)]  # warmup then constant
+    # lr 1e-3 with 2 warmup steps: step k of the warmup runs at (k + 1) / 2 of it, then constant
+    assert [r[2] for r in _losses(out)] == pytest.approx([0.5e-3, 1e-3, 1e-3, 1e-3])
     model, saved = load_model(out / "model")
     assert saved["trained_steps"] == 4 and model.config == cfg.model
     assert (out / STATE_FILE).is_file()
@@ -256,3 +258,96 @@ def test_learning_rate_schedule_warmup_stable_cooldown():
     assert all(lr == pytest.approx(1.0) for lr in lrs[10:80])
     assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))  # strictly decreasing cooldown
     assert lrs[99] == pytest.approx(1 / 20)
+
+
+# ----------------------------------------------------------------------------
+# the one training loop: parameter groups, and who runs on it
+# ----------------------------------------------------------------------------
+
+
+def test_parameter_groups_exempt_norms_biases_and_tables_from_weight_decay(make_dit):
+    from ditkit.training.loop import parameter_groups
+
+    model = make_dit(positions="rope+abs", depth=2)
+    decay, exempt = parameter_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and exempt["weight_decay"] == 0.0
+    names = dict(model.named_parameters())
+    assert sorted(decay["names"] + exempt["names"]) == sorted(names)  # every parameter exactly once
+    expected_exempt = {n for n, p in names.items() if p.ndim == 1}  # biases, norm gains (RMSNorm q/k, cross LayerNorm)
+    expected_exempt |= {"blocks.0.scale_shift_table", "blocks.1.scale_shift_table", "final_table", "abs_pos.weight"}
+    assert set(exempt["names"]) == expected_exempt
+    assert {"blocks.0.norm2.weight", "blocks.0.norm2.bias", "blocks.0.attn.q_norm.weight",
+            "blocks.0.attn.qkv.bias", "t_embed.0.bias"} <= set(exempt["names"])
+    assert {"blocks.0.attn.qkv.weight", "blocks.1.mlp.fc1.weight", "blocks.1.cross_attn.kv.weight",
+            "adaln_single.1.weight", "patch_embed.weight", "final_linear.weight"} <= set(decay["names"])
+    assert len(exempt["names"]) == len(expected_exempt) and len(decay["names"]) == len(names) - len(expected_exempt)
+    # in model order within each group, so optimizer state indices follow the model
+    order = list(names)
+    assert decay["names"] == sorted(decay["names"], key=order.index)
+
+
+def test_weight_decay_shrinks_only_the_decayed_group(make_dit):
+    """With zero gradients an AdamW step only applies the decoupled decay p *= 1 - lr * wd."""
+    from ditkit.training.loop import TrainingLoop, TrainSettings, parameter_groups
+
+    model = make_dit(perturb=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loop = TrainingLoop(model, TrainSettings(steps=1, lr=0.1, weight_decay=0.5))
+    loop.run(lambda step: sum(p.sum() for p in model.parameters()) * 0.0)
+    decay, exempt = parameter_groups(model, 0.5)
+    after = dict(model.named_parameters())
+    assert all(torch.allclose(after[n], before[n] * (1 - 0.1 * 0.5)) for n in decay["names"])
+    assert all(torch.equal(after[n], before[n]) for n in exempt["names"])
+
+
+def test_train_runs_its_steps_in_the_one_loop(train_config, monkeypatch):
+    from ditkit.training import loop as loop_module
+
+    calls = []
+    real_run = loop_module.TrainingLoop.run
+
+    def spy(self, loss_fn, **kw):
+        calls.append(self)
+        return real_run(self, loss_fn, **kw)
+
+    monkeypatch.setattr(loop_module.TrainingLoop, "run", spy)
+    assert train(train_config(steps=2), progress=False)["step"] == 2
+    assert len(calls) == 1 and isinstance(calls[0].model, DiT) and calls[0].ema is not None
+
+
+def test_no_trainer_keeps_its_own_optimizer_step():
+    """zero_grad / backward / step exist once, in training/loop.py."""
+    import ditkit.accel.distill
+    import ditkit.accel.reflow
+    import ditkit.training.train
+
+    for module in (ditkit.training.train, ditkit.accel.distill, ditkit.accel.reflow):
+        text = Path(module.__file__).read_text()
+        assert not any(w in text for w in ("zero_grad", ".backward(", "AdamW(", "clip_grad_norm_")), module.__name__
+
+
+def test_lr_schedule_of_the_loop_at_hand_computed_points():
+    from ditkit.training.loop import TrainSettings, lr_at
+
+    s = TrainSettings(steps=10, lr=2.0, warmup_steps=4, cooldown_steps=5)
+    assert [lr_at(k, s) for k in range(10)] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 1.6, 1.2, 0.8, 0.4])
+
+
+def test_resume_moves_a_state_saved_before_parameter_groups_into_them(tmp_path, make_dit):
+    """A run folder written when AdamW had one group of all parameters still resumes exactly."""
+    from ditkit.core.checkpoint import save_train_state
+    from ditkit.training.loop import TrainingLoop, TrainSettings
+
+    model = make_dit(perturb=True)
+    old = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    sum((p ** 2).sum() for p in model.parameters()).backward()
+    old.step()
+    save_train_state(tmp_path, 7, model, copy.deepcopy(model), old, Config())
+    fresh = make_dit()
+    loop = TrainingLoop(fresh, TrainSettings(steps=10, lr=1e-3, ema_decay=0.9))
+    assert len(loop.optimizer.param_groups) == 2
+    assert loop.resume(tmp_path) == 7
+    saved = {n: old.state[p] for n, p in model.named_parameters()}
+    for n, p in fresh.named_parameters():
+        assert torch.equal(p, dict(model.named_parameters())[n])
+        assert all(torch.equal(loop.optimizer.state[p][k], saved[n][k]) for k in ("exp_avg", "exp_avg_sq", "step"))

@@ -4,21 +4,27 @@
     pipe = ditkit.load("shapes-64")
     pipe.generate("a red circle to the left of a blue square", seed=0)[0].save("out.png")
 
-Heavy modules load lazily so `import ditkit` stays fast.
+`load`, `Pipeline` and `embedded_models` are re-exported lazily (the imports sit inside the
+functions on purpose) so `import ditkit` stays fast and loads no torch.
 """
 
 __version__ = "0.1.0"
 
 
 def load(name_or_path="shapes-64", device="cpu"):
-    from ditkit.api import load as _load
+    """Load an embedded model by name or a model folder (ditkit.api.load)."""
+    from ditkit.api import load as _load  # why here: keeps `import ditkit` light
 
     return _load(name_or_path, device)
 
 
 def __getattr__(name):
-    if name in ("Pipeline", "embedded_models"):
-        from ditkit import api as pipeline
+    if name == "Pipeline":
+        from ditkit.api import Pipeline  # why here: keeps `import ditkit` light
 
-        return getattr(pipeline, name)
+        return Pipeline
+    if name == "embedded_models":
+        from ditkit.core.checkpoint import embedded_models  # why here: keeps `import ditkit` light
+
+        return embedded_models
     raise AttributeError(f"module 'ditkit' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The Python API.
+"""The Python API: a thin facade over the engine (ditkit.engine) and the tasks (ditkit.tasks).
 
     import ditkit
     pipe = ditkit.load("shapes-64")            # an embedded model name, or a model folder
@@ -9,178 +9,84 @@ Images are PIL at the edges and (B, C, H, W) tensors in [-1, 1] inside.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 
-from ditkit.core.checkpoint import load_model
+from ditkit.accel.scaling import BestOfN, Verifier, candidate_seeds, check_best_of, get_verifier, score_candidates
+from ditkit.core.checkpoint import WEIGHTS_DIR, embedded_models, load_model, resolve_model
 from ditkit.core.config import SampleConfig
 from ditkit.core.encoders import TextEncoder, get_text_encoder
-from ditkit.core.guidance import APG, guided_velocity
-from ditkit.tasks.pipeline_edit import EditMethods
-from ditkit.core.sampling import get_sampler, pure_noise_prior, timesteps
+from ditkit.core.guidance import APG
+from ditkit.core.images import ImageLike, to_pil
+from ditkit.engine.cache import SCHEDULE_FILE
+from ditkit.engine.calibration import calibrate_smooth
+from ditkit.engine.generate import Engine, ProgressCallback
+from ditkit.engine.prompts import default_prompts, model_dataset
+from ditkit.engine.request import GenerationRequest
+from ditkit.tasks import pipeline_edit as edits
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-
-def embedded_models() -> list[str]:
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file())
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """An embedded model name or a folder path -> the model folder."""
-    name = str(name_or_path)
-    if name in embedded_models():
-        return WEIGHTS_DIR / name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    raise ValueError(f"unknown model {name!r}: not an embedded model ({', '.join(embedded_models()) or 'none'}) "
-                     "and not a model folder")
+# resolve_model and embedded_models live in core.checkpoint; re-exported as part of the Python API.
+__all__ = ["Pipeline", "WEIGHTS_DIR", "embedded_models", "load", "resolve_model"]
 
 
-def load_prior(name_or_path: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The layout-prior model of SampleConfig.prior_model, checked against the main model: it
-    must take the same image channels and text states (it sees the same noise and caption)."""
-    try:
-        folder = resolve_model(name_or_path)
-    except ValueError as e:
-        raise ValueError(f"prior model: {e}") from None
-    prior, _ = load_model(folder, device)
-    mine, theirs = model.config, prior.config
-    for key in ("in_channels", "out_channels", "text_dim"):
-        if getattr(mine, key) != getattr(theirs, key):
-            raise ValueError(f"prior model {name_or_path!r} has {key}={getattr(theirs, key)}, "
-                             f"the model {getattr(mine, key)}: they must match")
-    return prior.eval()
-
-
-def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-def initial_noise(n: int, shape: tuple[int, ...], seed: int | Sequence[int], device: torch.device) -> torch.Tensor:
-    """Noise for n images; image i uses a generator seeded with seed + i (or seed[i]
-    when a list of seeds is given), so an image does not depend on its batch."""
-    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"{len(seeds)} seeds given for {n} images")
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
-
-
-def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Sequence[str], sample: SampleConfig,
-                    seed: int | Sequence[int] = 0, apg: APG | None = None,
-                    guidance_interval: tuple[float, float] | None = None,
-                    precision: str = "fp32", batch_size: int = 16,
-                    callback: Callable[[int, int], None] | None = None, cache=None) -> torch.Tensor:
-    """Sample one image per prompt; image i starts from the noise of seed + i (or seed[i]).
-    precision: fp32, bf16 (autocast), int8 (dynamically quantized Linear layers, CPU) or
-    fp16 (GPU). cache: None, a spec string ("first-block:0.08", "smooth:PATH.json") or a
-    factory returning a fresh ditkit.engine.cache policy; each batch gets its own, so no cache
-    state survives a generation. Returns (N, C, size, size) in [-1, 1] (unclamped)."""
-    from ditkit.engine.cache import CachedModel, parse_cache_spec
-    from ditkit.core.precision import model_for
-
-    validate_sample(model, sample, precision)
-    device = next(model.parameters()).device
-    make_cache = parse_cache_spec(cache) if isinstance(cache, str) else cache
-    schedule = getattr(make_cache, "schedule", None)
-    if schedule is not None:
-        schedule.check(sample.steps, sample.sampler, len(model.blocks))
-    runner = model_for(model, precision)
-    prior = load_prior(sample.prior_model, model, device) if sample.prior_model else None
-    prior_steps = prior is not None or sample.prior_until < 1.0
-    if schedule is not None and prior_steps:
-        raise ValueError("a calibrated cache schedule (smooth:...) counts the main model's steps from the first, and "
-                         "prior steps (prior_until, prior_model) skip the first ones: use first-block caching or no prior")
-    if guidance_interval is None:  # the model's default (SampleConfig.interval_lo / interval_hi)
-        guidance_interval = (sample.interval_lo, sample.interval_hi)
-    autocast_precision = "fp32" if precision == "int8" else precision
-    sampler = get_sampler(sample.sampler)
-    ts = timesteps(sample.steps, sample.shift)
-    c = model.config
-    noise = initial_noise(len(prompts), (c.in_channels, sample.size, sample.size), seed, device)
-    outs, total, done = [], len(prompts) * sample.steps, 0
-    for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i:i + batch_size])
-        cond = encoder.encode(chunk, device)
-        uncond = encoder.encode([""] * len(chunk), device)
-        net = CachedModel(runner, make_cache()) if make_cache else runner
-        velocity = guided_velocity(net, cond, uncond, sample.guidance, apg if sample.apg else None,
-                                   guidance_interval, autocast_precision)
-        if prior_steps:
-            at_one = guided_velocity(prior, cond, uncond, sample.guidance, precision=autocast_precision) if prior else None
-            velocity = pure_noise_prior(velocity, sample.prior_until, at_one)
-
-        def step_cb(k: int, n: int, base=done, b=len(chunk)) -> None:
-            if callback:
-                callback(base + k * b, total)
-
-        outs.append(sampler(velocity, noise[i:i + len(chunk)], ts, step_cb))
-        done += len(chunk) * sample.steps
-    return torch.cat(outs)
-
-
-def validate_sample(model: torch.nn.Module, sample: SampleConfig, precision: str) -> None:
-    if sample.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {sample.steps}")
-    if sample.guidance < 0:
-        raise ValueError(f"guidance must be >= 0, got {sample.guidance}")
-    from ditkit.core.precision import check_precision
-
-    check_precision(precision, next(model.parameters()).device)
-    p = model.config.patch_size
-    if sample.size % p or not p <= sample.size <= 1024:
-        raise ValueError(f"size {sample.size} must be a multiple of the patch size {p} between {p} and 1024")
-    get_sampler(sample.sampler)
-
-
-if TYPE_CHECKING:
-    from ditkit.accel.scaling import BestOfN, Verifier
-
-
-class Pipeline(EditMethods):
-    """A loaded model plus its text encoder and default sampling settings."""
+class Pipeline:
+    """A loaded model plus its text encoder and default sampling settings. The engine
+    (self.engine) holds the model and what is derived from it (int8 copy, prior models), each
+    loaded once; companion models (the embedded <name>-inpaint) are loaded once per pipeline."""
 
     def __init__(self, model: torch.nn.Module, config: dict, source: str, device: str | torch.device = "cpu"):
-        self.model = model
         self.config = config
         self.source = source
         self.device = torch.device(device)
         self.defaults: SampleConfig = config["sample"]
-        self._encoder: TextEncoder | None = None
+        self.engine = Engine(model, self._load_encoder, self.defaults, source)
+        self._companions: dict[str, Pipeline | None] = {}
+        self._companion_lock = threading.Lock()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.engine.model
+
+    @model.setter
+    def model(self, model: torch.nn.Module) -> None:
+        self.engine = Engine(model, self._load_encoder, self.defaults, self.source)
+
+    def _load_encoder(self) -> TextEncoder:
+        return get_text_encoder(self.config.get("text_encoder", "minilm"), device=self.device)
 
     @property
     def text_encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            self._encoder = get_text_encoder(self.config.get("text_encoder", "minilm"), device=self.device)
-        return self._encoder
+        return self.engine.encoder
 
     def sample_config(self, steps=None, guidance=None, sampler=None, size=None, shift=None, apg=None,
                       interval=None, prior_until=None, prior_model=None) -> SampleConfig:
-        d = self.defaults
-        lo, hi = (d.interval_lo, d.interval_hi) if interval is None else (float(interval[0]), float(interval[1]))
-        return replace(d, steps=int(d.steps if steps is None else steps), interval_lo=lo, interval_hi=hi,
-                       guidance=float(d.guidance if guidance is None else guidance),
-                       sampler=d.sampler if sampler is None else sampler,
-                       size=int(d.size if size is None else size),
-                       shift=float(d.shift if shift is None else shift),
-                       apg=bool(d.apg if apg is None else apg),
-                       prior_until=float(d.prior_until if prior_until is None else prior_until),
-                       prior_model=str(d.prior_model if prior_model is None else prior_model))
+        return self.engine.sample_config(steps, guidance, sampler, size, shift, apg, interval, prior_until,
+                                         prior_model)
 
+    def companion(self, suffix: str) -> "Pipeline | None":
+        """The embedded model named <this model>-<suffix> (shapes-64 -> shapes-64-inpaint), if any."""
+        name = f"{Path(self.source).name}-{suffix}"
+        if name not in embedded_models():
+            return None
+        with self._companion_lock:
+            if name not in self._companions:
+                self._companions[name] = load(name, device=self.device)
+            return self._companions[name]
+
+    def _companion_engine(self, suffix: str) -> Engine | None:
+        pipe = self.companion(suffix)
+        return pipe.engine if pipe is not None else None
+
+    # -- text to image ---------------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], steps: int | None = None, guidance: float | None = None,
                  apg: bool | APG | None = None, sampler: str | None = None, seed: int = 0, size: int | None = None,
                  num_images: int = 1, shift: float | None = None,
                  guidance_interval: tuple[float, float] | None = None, precision: str = "fp32",
-                 batch_size: int = 16, callback: Callable[[int, int], None] | None = None,
+                 batch_size: int = 16, callback: ProgressCallback | None = None,
                  best_of: int = 1, verifier: "str | Verifier | None" = None,
                  cache: str | None = None, prior_until: float | None = None,
                  prior_model: str | None = None) -> list[Image.Image]:
@@ -195,7 +101,10 @@ class Pipeline(EditMethods):
         steps, "first-block:THRESHOLD", "smooth:calibrated" (the schedule saved in the
         model folder by calibrate_cache) or "smooth:PATH.json" (see ditkit.engine.cache).
         prior_until, prior_model: steps with t >= prior_until take x0 from the t = 1 prediction of
-        prior_model ("" = the model itself; sampling.pure_noise_prior)."""
+        prior_model ("" = the model itself; sampling.pure_noise_prior).
+        callback(info) after every sampler step: info has step, steps, t, x and x0 (the
+        denoised estimate, a preview) of the current batch, and done / total image-steps over
+        the whole call (core.progress.progress_callback turns a bar(done, total) into one)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompts given")
@@ -210,12 +119,10 @@ class Pipeline(EditMethods):
         return to_pil(self._sample(flat, [seed + i for i in range(len(flat))], **kwargs))
 
     def generate_best_of(self, prompts: str | Sequence[str], n: int, verifier: "str | Verifier | None",
-                         seed: int = 0, **kwargs) -> "BestOfN":
+                         seed: int = 0, **kwargs) -> BestOfN:
         """Best-of-n per prompt (ditkit.accel.scaling): all candidates, their scores and the choice.
         Candidate k of prompt j uses seed + j + k * scaling.CANDIDATE_STRIDE (candidate 0 is
         the plain image). Takes the keyword arguments of generate."""
-        from ditkit.accel.scaling import candidate_seeds, check_best_of, get_verifier, score_candidates
-
         check_best_of(n)
         if verifier is None:
             raise ValueError("best-of-N needs a verifier: 'shapes', 'digits' or a callable (image, prompt) -> float")
@@ -227,18 +134,74 @@ class Pipeline(EditMethods):
         images = to_pil(self._sample(flat, candidate_seeds(len(prompts), n, seed), **kwargs))
         return score_candidates(images, prompts, n, verifier)
 
-    def _sample(self, prompts: list[str], seeds: list[int], steps=None, guidance=None, apg=None, sampler=None,
-                size=None, shift=None, guidance_interval=None, precision="fp32", batch_size=16,
-                callback=None, seed=None, cache=None, prior_until=None, prior_model=None) -> torch.Tensor:
-        from ditkit.engine.cache import parse_cache_spec
-
+    def request(self, prompts: Sequence[str], seeds: Sequence[int], steps=None, guidance=None, apg=None,
+                sampler=None, size=None, shift=None, guidance_interval=None, precision="fp32", batch_size=16,
+                cache=None, prior_until=None, prior_model=None) -> GenerationRequest:
+        """The GenerationRequest of generate's arguments over this model's defaults (apg: True for
+        the default APG settings, or an APG)."""
         apg_cfg = apg if isinstance(apg, APG) else (APG() if apg else None)
         sample = self.sample_config(steps, guidance, sampler, size, shift, apg_cfg is not None,
                                     prior_until=prior_until, prior_model=prior_model)
-        make_cache = parse_cache_spec(cache, self.source) if isinstance(cache, str) else cache
-        return generate_tensor(self.model, self.text_encoder, prompts, sample, seeds, apg_cfg, guidance_interval,
-                               precision, batch_size, callback, cache=make_cache)
+        return GenerationRequest.from_sample(prompts, sample, seeds, apg_cfg, guidance_interval, precision,
+                                             batch_size, cache)
 
+    def _sample(self, prompts: list[str], seeds: list[int], callback: ProgressCallback | None = None,
+                seed=None, **kwargs) -> torch.Tensor:
+        return self.engine.generate(self.request(prompts, seeds, **kwargs), callback)
+
+    # -- editing tasks (ditkit.tasks.pipeline_edit) ----------------------------------------------
+    def vary(self, image: ImageLike, prompt: str = "", strength: float = 0.6, num_images: int = 1,
+             seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+             shift: float | None = None, precision: str = "fp32") -> list[Image.Image]:
+        """SDEdit variations of an image (with a prompt: text+image fusion, "add a red circle").
+        strength 0 keeps the image, 1 ignores it. Output at the model's size."""
+        return edits.vary(self.engine, image, prompt, strength, num_images, seed, steps, guidance, sampler, shift,
+                          precision)
+
+    def edit(self, image: ImageLike, source_prompt: str, prompt: str, strength: float = 1.0,
+             steps: int | None = None, guidance: float | None = None, shift: float | None = None,
+             precision: str = "fp32") -> Image.Image:
+        """Invert the image under source_prompt (the ODE from the image towards noise, to
+        t = strength) and re-generate it under prompt from there."""
+        return edits.edit(self.engine, image, source_prompt, prompt, strength, steps, guidance, shift, precision)
+
+    def inpaint(self, image: ImageLike, mask: ImageLike, prompt: str = "", method: str = "auto",
+                seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                shift: float | None = None, resample: int = 0, precision: str = "fp32") -> Image.Image:
+        """Fill the mask's white region. method: 'model' (the inpainting model, this one or the
+        embedded <name>-inpaint), 'blend' (training-free, any model), 'auto' (model if there is
+        one). resample: RePaint resampling rounds per step. The output has the input's size and
+        its pixels outside the mask are the input's, byte for byte."""
+        return edits.inpaint(self.engine, image, mask, prompt, method, seed, steps, guidance, sampler, shift,
+                             resample, precision, companion=self._companion_engine)
+
+    def outpaint(self, image: ImageLike, prompt: str = "", left: int = 0, right: int = 0, top: int = 0,
+                 bottom: int = 0, method: str = "auto", seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, sampler: str | None = None, shift: float | None = None,
+                 resample: int = 0, precision: str = "fp32") -> Image.Image:
+        """Extend the canvas by the given pixels on each side (the new canvas at most twice the
+        image's width and height) and fill the new area. Canvases larger than the model's
+        size are sampled in overlapping windows. The original pixels are kept byte for byte."""
+        return edits.outpaint(self.engine, image, prompt, left, right, top, bottom, method, seed, steps, guidance,
+                              sampler, shift, resample, precision, companion=self._companion_engine)
+
+    def fuse(self, image_a: ImageLike, image_b: ImageLike, alpha: float = 0.5, prompt: str | None = None,
+             prompt_a: str = "", prompt_b: str = "", mode: str = "pixels", condition: str = "join",
+             strength: float | None = None, seed: int = 0, steps: int | None = None, guidance: float | None = None,
+             shift: float | None = None, precision: str = "fp32") -> Image.Image:
+        """One image carrying content of both A and B (alpha 0 is A, 1 is B); see
+        ditkit.tasks.pipeline_edit.fuse for the modes and conditions."""
+        return edits.fuse(self.engine, image_a, image_b, alpha, prompt, prompt_a, prompt_b, mode, condition,
+                          strength, seed, steps, guidance, shift, precision)
+
+    def upscale(self, image: ImageLike, prompt: str = "", seed: int = 0, steps: int | None = None,
+                guidance: float | None = None, sampler: str | None = None, precision: str = "fp32") -> Image.Image:
+        """2x super-resolution with an upscaling model (e.g. shapes-upscale). Inputs with sides
+        not a multiple of 4 are resized to one (with a warning); inputs over 512 px are refused.
+        Outputs larger than 2x the training size are sampled in overlapping windows."""
+        return edits.upscale(self.engine, image, prompt, seed, steps, guidance, sampler, precision)
+
+    # -- speed -----------------------------------------------------------------------------------
     def compile(self) -> "Pipeline":
         """torch.compile the model in place (about 40 s on first use; measured ~9% faster on
         this project's CPU, so off by default). Returns self."""
@@ -251,10 +214,8 @@ class Pipeline(EditMethods):
                         prompts: Sequence[str] | None = None, out: str | Path | None = None, seed: int = 0) -> Path:
         """Calibrate a SmoothCache schedule for this model at a step count and sampler and save it
         (default: cache_schedule.json in the model folder, which "smooth:calibrated" loads)."""
-        from ditkit.engine.cache import SCHEDULE_FILE, calibrate_smooth
-
         if prompts is None:
-            prompts = _default_prompts(self.config)
+            prompts = default_prompts(model_dataset(self.config))
         sample = self.sample_config(steps=steps, sampler=sampler)
         schedule = calibrate_smooth(self.model, self.text_encoder, list(prompts), sample, alpha, seed)
         path = Path(out) if out is not None else Path(self.source) / SCHEDULE_FILE
@@ -264,15 +225,6 @@ class Pipeline(EditMethods):
     def __repr__(self) -> str:
         return f"Pipeline(source={self.source!r}, params={sum(p.numel() for p in self.model.parameters()):,})"
 
-
-def _default_prompts(config: dict, n: int = 8) -> list[str]:
-    """A few of the model's own benchmark prompts (for calibration), by the dataset it records."""
-    from ditkit.data import benchmark_prompts
-
-    prompts = benchmark_prompts((config.get("data") or {}).get("dataset"), n, seed=4242)
-    if prompts is None:
-        raise ValueError("this model records no dataset, so there are no default calibration prompts; pass prompts")
-    return prompts
 
 
 def load(name_or_path: str | Path = "shapes-64", device: str | torch.device = "cpu") -> Pipeline:

@@ -18,27 +18,38 @@ velocity (x0 = f, eps = x_t + (1 - t) v, re-combined at the next time), so the d
 model works with every ditkit sampler: `ditkit generate --model shapes-64-flash --steps 4`.
 
 distill.method: reflow runs the other teacher-initialized method, rectified-flow reflow on
-guided teacher pairs (ditkit/reflow.py), so the two can be compared at an equal budget; the
+guided teacher pairs (accel/reflow.py), so the two can be compared at an equal budget; the
 comparison is in docs/benchmarks.md. Shortcut models (Frans et al., 2024) are not offered:
 they add a step-size input to the network and train from scratch, i.e. the base model's whole
 cost again. distill.init continues from an earlier student (a longer run in several parts).
+
+Both methods run their optimizer steps in the one training loop (training/loop.py): AdamW
+without weight decay, no warmup, gradient clipping at 1, and for LCM the EMA target network
+as the loop's EMA copy (constant decay, no EMA warm-up).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
-from ditkit.core.config import SampleConfig, coerce_fields
+from ditkit.accel.reflow import make_pairs, reflow_loss
+from ditkit.core.checkpoint import load_model, resolve_model, save_model
+from ditkit.core.config import SampleConfig, coerce_fields, read_yaml_config
+from ditkit.core.encoders import get_text_encoder
 from ditkit.core.flow import interpolate
-from ditkit.core.guidance import autocast_for, pad_contexts
+from ditkit.core.guidance import autocast_for, cfg_combine, pad_contexts
 from ditkit.core.precision import training_precision
+from ditkit.core.progress import progress_bar
+from ditkit.data import make_batch
+from ditkit.engine.generate import Engine
+from ditkit.engine.velocity import encode_with_empty
+from ditkit.training.loop import LoopResult, TrainingLoop, TrainSettings, step_generator
 
 
 METHODS = ("lcm", "reflow")
@@ -83,8 +94,6 @@ class DistillConfig:
 
 
 def load_distill_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:
-    from ditkit.core.config import read_yaml_config
-
     d = read_yaml_config(path, overrides, what="distill config")
     section = d.get("distill", {})
     if not isinstance(section, dict):
@@ -125,12 +134,13 @@ def distill_loss(student, target, teacher, encoder, cfg: DistillConfig, x0: torc
     t_n, t_m = n.float() / cfg.grid, (n - cfg.skip).float() / cfg.grid
     x0 = x0.to(device)
     x_n = interpolate(x0, eps, t_n)
-    context, mask = encoder.encode(captions, device)
-    empty, empty_mask = encoder.encode([""] * b, device)
-    both, both_mask = pad_contexts((context, mask), (empty, empty_mask))
+    # The teacher's CFG velocity at per-sample times t_n (engine.velocity's closures take one
+    # scalar t per batch): both branches in one batched forward, combined by the one CFG formula.
+    (context, mask), uncond = encode_with_empty(encoder, captions, device)
+    both, both_mask = pad_contexts((context, mask), uncond)
     with torch.no_grad(), autocast_for(cfg.precision, device):
         v_c, v_u = teacher(torch.cat([x_n, x_n]), torch.cat([t_n, t_n]), both, both_mask).float().chunk(2)
-        v_teacher = v_u + cfg.guidance * (v_c - v_u)
+        v_teacher = cfg_combine(v_c, v_u, cfg.guidance)
         x_m = x_n + (t_m - t_n).view(-1, 1, 1, 1) * v_teacher
         f_target = consistency_fn(target, x_m, t_m, context, mask).float()
     with autocast_for(cfg.precision, device):
@@ -138,104 +148,94 @@ def distill_loss(student, target, teacher, encoder, cfg: DistillConfig, x0: torc
     return pseudo_huber(f_student, f_target, cfg.huber_c)
 
 
+def load_teacher(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[Engine, dict]:
+    """An embedded model or folder as an Engine (model, text encoder, sampling defaults, folder)
+    and its config dict (core.checkpoint.load_model's)."""
+    folder = resolve_model(name_or_path)
+    model, config = load_model(folder, device)
+    encoder = get_text_encoder(config.get("text_encoder", "minilm"), device=torch.device(device))
+    return Engine(model, encoder, config["sample"], source=str(folder)), config
+
+
 def _initial_student(teacher, init: str, device: torch.device):
     """A trainable copy of the teacher, or of the model `init` names (same architecture)."""
     if not init:
         return copy.deepcopy(teacher)
-    from ditkit.api import load
-
-    start = load(init, device=device).model
+    start, _ = load_model(resolve_model(init), device)
     if start.config != teacher.config:
         raise ValueError(f"distill.init {init!r} has a different architecture from the teacher; "
                          "it must be a student of the same teacher")
     return start
 
 
+def loop_settings(cfg: DistillConfig, budget_s: float = 0.0, progress: bool = False) -> TrainSettings:
+    """The training-loop settings of a distillation: constant lr, clip 1, and for LCM the
+    target network as an EMA copy at constant decay (no warm-up, as LCM); reflow keeps none."""
+    return TrainSettings(steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, grad_clip=1.0,
+                         ema_decay=cfg.ema_decay if cfg.method == "lcm" else 0.0, ema_warmup=False,
+                         log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, time_budget_s=budget_s,
+                         progress=progress, label=f"distill ({cfg.method})")
+
+
 def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bool = True) -> dict:
     """Distil `teacher_name` (embedded model or folder) into a few-step student saved at `out`."""
-    from ditkit.core.checkpoint import save_model
-    from ditkit.api import load
-    from ditkit.core.progress import progress_bar
-    from ditkit.accel.reflow import make_pairs
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {out} already exists and is not empty")
     device = torch.device(cfg.device)
     cfg = replace(cfg, precision=training_precision(cfg.precision, device))
-    pipe = load(teacher_name, device=device)
-    teacher = pipe.model.eval().requires_grad_(False)
+    engine, config = load_teacher(teacher_name, device)
+    teacher = engine.model.eval().requires_grad_(False)
     if teacher.config.cond_channels:
         raise ValueError("distill needs a text-to-image teacher (this one takes a conditioning image)")
-    data = pipe.config.get("data") or {}
+    data = config.get("data") or {}
     if data.get("dataset") is None:
         raise ValueError("the teacher records no dataset, so there is no training data to distil on")
-    encoder = pipe.text_encoder
+    encoder = engine.encoder
     student = _initial_student(teacher, cfg.init, device).requires_grad_(True).train()
-    target = copy.deepcopy(student).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")
-    sample = replace(pipe.defaults, **{k: v for k, v in cfg.sample.items() if k in SampleConfig.__dataclass_fields__})
+    sample = replace(engine.defaults, **{k: v for k, v in cfg.sample.items() if k in SampleConfig.__dataclass_fields__})
     size = data.get("size", sample.size)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.jsonl").open("w")
-    log.write(json.dumps({"teacher": str(pipe.source), "distill": asdict(cfg)}) + "\n")
+    log.write(json.dumps({"teacher": str(engine.source), "distill": asdict(cfg)}) + "\n")
     t0 = time.time()
 
     def save(step: int) -> None:
-        save_model(out, student, sample=sample, text_encoder=pipe.config.get("text_encoder", "minilm"),
-                   extra={"data": data, "distilled_from": str(pipe.source), "distill_steps": step,
+        save_model(out, student, sample=sample, text_encoder=config.get("text_encoder", "minilm"),
+                   extra={"data": data, "distilled_from": str(engine.source), "distill_steps": step,
                           "distill": asdict(cfg)})
 
     try:
         pairs = None
         if cfg.method == "reflow":
             with progress_bar("teacher pairs", cfg.pairs, progress) as tick:
-                pairs = make_pairs(pipe, cfg.pairs, cfg.guidance, cfg.teacher_steps, cfg.seed, data["dataset"], size,
+                pairs = make_pairs(engine, cfg.pairs, cfg.guidance, cfg.teacher_steps, cfg.seed, data["dataset"], size,
                                    cfg.batch_size, cfg.precision,
-                                   callback=lambda d, total: tick(d * cfg.pairs // max(total, 1), cfg.pairs))
+                                   callback=lambda info: tick(info["done"] * cfg.pairs // max(info["total"], 1),
+                                                              cfg.pairs))
             log.write(json.dumps({"pairs": cfg.pairs, "pair_seconds": time.time() - t0}) + "\n")
             log.flush()
-        with progress_bar(f"distill ({cfg.method})", cfg.steps, progress) as tick:
-            done, loss_val = _train_loop(cfg, student, target, teacher, encoder, opt, pairs, data, size, device,
-                                         log, save, tick, t0)
-        save(done)
+        # The budget counts from the start of the command, pair generation included.
+        budget = max(cfg.time_budget_s - (time.time() - t0), 1e-9) if cfg.time_budget_s else 0.0
+        # The LCM target network is the loop's EMA copy of the student (EMA 0.95, no gradient).
+        loop = TrainingLoop(student, loop_settings(cfg, budget, progress))
+        result = _run(loop, cfg, teacher, encoder, pairs, data, size, device, log, save, t0)
+        if result.steps < cfg.steps:
+            log.write(json.dumps({"stopped": "time budget", "at_step": result.steps, "time": time.time() - t0}) + "\n")
     finally:
         log.close()
-    return {"steps": done, "loss": loss_val, "seconds": time.time() - t0, "output": str(out)}
+    return {"steps": result.steps, "loss": result.loss, "seconds": time.time() - t0, "output": str(out)}
 
 
-def _train_loop(cfg: DistillConfig, student, target, teacher, encoder, opt, pairs, data: dict, size: int,
-                device: torch.device, log, save, tick, t0: float) -> tuple[int, float]:
-    """The optimizer steps of either method. Returns how many ran (the time budget may stop
-    the run early) and the last loss."""
-    from ditkit.data import make_batch
-    from ditkit.accel.reflow import reflow_loss
-    from ditkit.training.train import step_generator, update_ema
-
-    done, loss_val = 0, float("nan")
-    for step in range(cfg.steps):
+def _run(loop: TrainingLoop, cfg: DistillConfig, teacher, encoder, pairs: dict | None, data: dict, size: int,
+         device: torch.device, log, save, t0: float) -> LoopResult:
+    """Either method's optimizer steps in the training loop; step k's randomness comes from
+    step_generator(seed, k) alone. The student is saved every checkpoint_every steps and at the end."""
+    def loss_fn(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, step, stream=3)
         if pairs is not None:
-            loss = reflow_loss(student, encoder, pairs, cfg.batch_size, cfg.precision, g, device)
-        else:
-            x0, captions = make_batch(data["dataset"], cfg.seed, step, cfg.batch_size, size)
-            loss = distill_loss(student, target, teacher, encoder, cfg, x0, captions, g, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        if pairs is None:
-            update_ema(target, student, cfg.ema_decay)
-        loss_val, done = float(loss.detach()), step + 1
-        if not math.isfinite(loss_val):
-            raise RuntimeError(f"distillation loss became {loss_val} at step {done}")
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            log.write(json.dumps({"step": done, "loss": loss_val, "time": time.time() - t0}) + "\n")
-            log.flush()
-        if done % cfg.checkpoint_every == 0:
-            save(done)
-        tick(done, cfg.steps)
-        if cfg.time_budget_s and time.time() - t0 > cfg.time_budget_s:
-            log.write(json.dumps({"stopped": "time budget", "at_step": done, "time": time.time() - t0}) + "\n")
-            break
-    return done, loss_val
+            return reflow_loss(loop.net, encoder, pairs, cfg.batch_size, cfg.precision, g, device)
+        x0, captions = make_batch(data["dataset"], cfg.seed, step, cfg.batch_size, size)
+        return distill_loss(loop.net, loop.ema, teacher, encoder, cfg, x0, captions, g, device)
+
+    return loop.run(loss_fn, log=log, checkpoint=save, log_fields=lambda done: {"time": time.time() - t0})

@@ -13,11 +13,25 @@ N = 1, 2, 4, ... generates max(N) candidates once and reads off every prefix.
 
 from __future__ import annotations
 
+import importlib
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
+
+from ditkit.core.config import SampleConfig
+from ditkit.core.images import to_pil
+from ditkit.core.reports import line_plot, markdown_table, write_json, write_report
+from ditkit.data import digits, shapes
+from ditkit.engine import ProgressCallback, generate_tensor
+from ditkit.evaluation.digits_judge import classifier, digit_accuracy
+from ditkit.evaluation.outputs import image_grid
+from ditkit.evaluation.shapes_scoring import evaluate, score_graded
 
 Verifier = Callable[[Image.Image, str], float]
 CANDIDATE_STRIDE = 100_003  # a prime larger than any prompt list, so candidate seeds never collide
@@ -25,18 +39,14 @@ VERIFIERS = ("shapes", "digits")
 
 
 def _shapes_verifier(image: Image.Image, prompt: str) -> float:
-    from ditkit.data import shapes
-
     # The graded clause score: 1.0 exactly when the detector finds the image
     # correct, partial credit otherwise, so ties between wrong candidates break sensibly.
-    return shapes.score_graded(image, prompt)
+    return score_graded(image, prompt)
 
 
 def _digits_verifier(image: Image.Image, prompt: str) -> float:
-    from ditkit.data import digits
-
     want = digits.parse_digit(prompt)
-    return float(digits.classifier(image.size[0]).proba([image])[0, want])
+    return float(classifier(image.size[0]).proba([image])[0, want])
 
 
 def get_verifier(verifier: str | Verifier) -> Verifier:
@@ -49,7 +59,6 @@ def get_verifier(verifier: str | Verifier) -> Verifier:
     if verifier == "digits":
         return _digits_verifier
     if isinstance(verifier, str) and ":" in verifier:
-        import importlib
 
         module, _, name = verifier.partition(":")
         try:
@@ -112,3 +121,105 @@ def score_candidates(candidates: Sequence[Image.Image], prompts: Sequence[str], 
 def check_best_of(n: int) -> None:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"best-of N must be an integer >= 1, got {n!r}")
+
+
+# --------------------------------------------------------------------------
+# Scaling curves: a benchmark's score against N
+# --------------------------------------------------------------------------
+
+
+def best_of_sweep(model: torch.nn.Module, encoder, sample: SampleConfig, prompts: list[str], ns: list[int],
+                  verifier, judge: Callable[[list[Image.Image], list[str]], dict], seed: int = 0,
+                  precision: str = "fp32", batch_size: int = 32,
+                  callback: ProgressCallback | None = None) -> dict:
+    """Inference-time scaling curve: for each N in ns, the judge's result when each prompt
+    keeps the best of its first N candidates by the verifier.
+
+    max(ns) candidates per prompt are generated once (candidate k of prompt j from seed
+    + j + k * CANDIDATE_STRIDE; candidate 0 is the plain image), so the rows share
+    candidates and cost is reported as images generated per prompt (= N).
+    Returns {"rows": [{"best_of", "result", "images_per_prompt"}], "seconds_per_image",
+    "chosen_images" (best of max N), "scores" (P, max N)}."""
+    if not ns:
+        raise ValueError("give at least one N")
+    for n in ns:
+        check_best_of(n)
+    get_verifier(verifier)
+    n_max = max(ns)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        flat = [p for p in prompts for _ in range(n_max)]
+        x = generate_tensor(model, encoder, flat, sample, candidate_seeds(len(prompts), n_max, seed),
+                            precision=precision, batch_size=batch_size, callback=callback)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    best = score_candidates(to_pil(x), prompts, n_max, verifier)
+    rows = []
+    for n in sorted(set(ns)):
+        images, _ = best.best_of(n)
+        rows.append({"best_of": n, "images_per_prompt": n, "result": judge(images, prompts)})
+    return {"rows": rows, "seconds_per_image": seconds / len(flat), "chosen_images": best.images,
+            "scores": best.scores.tolist()}
+
+
+def shapes_best_of_eval(model: torch.nn.Module, encoder, sample: SampleConfig, ns: list[int],
+                        per_category: int = 25, seed: int = 0, verifier="shapes", **kwargs) -> dict:
+    """ShapesEval against best-of-N (SANA 1.5's inference-time scaling) for each N in ns."""
+    if per_category < 1:
+        raise ValueError(f"per_category must be >= 1, got {per_category}")
+    pairs = shapes.benchmark_prompts(per_category, seed)
+    categories = [c for c, _ in pairs]
+    prompts = [p for _, p in pairs]
+    out = best_of_sweep(model, encoder, sample, prompts, ns, verifier,
+                        lambda ims, ps: evaluate(ims, ps, categories), seed=seed, **kwargs)
+    out["prompts"] = list(zip(categories, prompts))
+    out["settings"] = {"sampler": sample.sampler, "steps": sample.steps, "guidance": sample.guidance,
+                       "shift": sample.shift, "size": sample.size, "prior_until": sample.prior_until,
+                       "prior_model": sample.prior_model,
+                       "per_category": per_category, "seed": seed,
+                       "verifier": verifier if isinstance(verifier, str) else getattr(verifier, "__name__", "callable")}
+    return out
+
+
+def digits_best_of_eval(model: torch.nn.Module, encoder, sample: SampleConfig, ns: list[int],
+                        per_digit: int = 50, seed: int = 0, verifier="digits", **kwargs) -> dict:
+    """The digits judge's accuracy against best-of-N for each N in ns (per_digit prompts per digit)."""
+    prompts = digits.benchmark_prompts(per_digit)
+    out = best_of_sweep(model, encoder, sample, prompts, ns, verifier, digit_accuracy, seed=seed, **kwargs)
+    out["settings"] = {"sampler": sample.sampler, "steps": sample.steps, "guidance": sample.guidance,
+                       "per_digit": per_digit, "seed": seed, "verifier": verifier}
+    return out
+
+
+def save_best_of_outputs(result: dict, out_dir: str | Path, title: str, command: str) -> None:
+    """results.json (one row per N), scaling.png, grid.png (best of max N), report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    ns = [r["best_of"] for r in rows]
+    first = rows[0]["result"]
+    if "categories" in first:
+        series = {"overall": [r["result"]["overall"] for r in rows]}
+        for cat in first["categories"]:
+            series[cat] = [r["result"]["categories"][cat] for r in rows]
+        header = ["N", "images per prompt", "overall", *first["categories"]]
+        table = [[r["best_of"], r["best_of"], r["result"]["overall"], *r["result"]["categories"].values()] for r in rows]
+    else:
+        series = {"accuracy": [r["result"]["accuracy"] for r in rows]}
+        header = ["N", "images per prompt", "accuracy"]
+        table = [[r["best_of"], r["best_of"], r["result"]["accuracy"]] for r in rows]
+    line_plot(out / "scaling.png", ns, series, title, "N (candidates per prompt)", logx=True)
+    image_grid(result["chosen_images"]).save(out / "grid.png")
+    summary = {k: v for k, v in result.items() if k not in ("chosen_images", "prompts")}
+    write_json(out / "results.json", summary)
+    cost = (f"Sampling cost: {result['seconds_per_image']:.3f} s per candidate image, so best-of-N costs N times "
+            f"the plain generation ({rows[-1]['best_of']} candidates per prompt were generated once; each N reads the "
+            "first N).")
+    write_report(out / "report.md", title, command, [
+        ("Settings", "```json\n" + json.dumps(result["settings"], indent=2) + "\n```"),
+        ("Scores", markdown_table(header, table) + "\n\n" + cost),
+        ("Plots", f"![scaling](scaling.png)\n\nBest-of-{rows[-1]['best_of']} images: ![grid](grid.png)"),
+    ])

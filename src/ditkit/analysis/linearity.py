@@ -15,10 +15,10 @@ PixArt or SD3 transformer) and for the layers of a Hugging Face text encoder:
   The norm ratio ||Y - X|| / ||X|| (the size of the block's residual update
   against the stream) is reported next to it.
 
-    from ditkit.analysis import linearity as analysis
+    from ditkit.analysis.linearity import analyze_dit, save_analysis
     pipe = ditkit.load("shapes-64")
-    result = analysis.analyze_dit(pipe.model, pipe.text_encoder, ["a red circle", "two blue squares"])
-    analysis.save_analysis(result, "out/analysis")  # analysis.json, profile.png, heatmap_<score>.png
+    result = analyze_dit(pipe.model, pipe.text_encoder, ["a red circle", "two blue squares"])
+    save_analysis(result, "out/analysis")  # analysis.json, profile.png, heatmap_<score>.png
 
 Token matrices X, Y are (N, D): all tokens of all images (or sentences) of one
 time bin stacked, so a score describes the block at that time, not one image.
@@ -32,8 +32,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+from ditkit.core.config import SampleConfig
+from ditkit.core.encoders import get_text_encoder
+from ditkit.core.reports import pyplot, save_figure, write_json
+from ditkit.core.sampling import sample_euler, timesteps
+from ditkit.engine.generate import initial_noise
+from ditkit.engine.request import GenerationRequest
+from ditkit.engine.velocity import prompt_velocity
+# Diffusers transformer folders live in interop; analyze_diffusers_folder scores one
+# (is_diffusers_folder is re-exported for `ditkit analyze`, which takes either kind of folder).
+from ditkit.interop.diffusers_folder import calibration_inputs, is_diffusers_folder, load_diffusers_transformer  # noqa: F401
 
 SCORES = ("linearity", "linearity_residual_removed", "influence", "norm_ratio")
 SCORE_LABELS = {
@@ -265,7 +277,7 @@ def analyze_dit(model: nn.Module, encoder, prompts: Sequence[str], num_timesteps
     All prompts are sampled together in one batch with Euler over `num_timesteps` steps
     (Euler has one model evaluation per step, so step k is time bin t_k; size and shift
     come from `sample`, a SampleConfig, default: the model's training size). The
-    trajectory is the CFG one (guidance.guided_velocity, scale `guidance`, default
+    trajectory is the CFG one (engine.velocity.prompt_velocity, scale `guidance`, default
     sample.guidance), so the states are those a user's images pass through; the scores
     use only the conditional half of each CFG batch, since the unconditional pass sees
     an empty prompt, a different input distribution, and would weigh it equally.
@@ -274,11 +286,6 @@ def analyze_dit(model: nn.Module, encoder, prompts: Sequence[str], num_timesteps
     "linearity" | "linearity_residual_removed" | "influence" | "norm_ratio": [[per t] per block],
     "mean": {score: [per block, averaged over t]}, "prompts": n, "guidance", "size", "shift"}.
     """
-    from ditkit.core.config import SampleConfig
-    from ditkit.core.guidance import guided_velocity
-    from ditkit.api import initial_noise, validate_sample
-    from ditkit.core.sampling import sample_euler, timesteps
-
     prompts = [str(p) for p in prompts] if not isinstance(prompts, str) else [prompts]
     if not prompts:
         raise ValueError("no prompts given; analyze_dit needs at least one prompt to sample")
@@ -287,11 +294,9 @@ def analyze_dit(model: nn.Module, encoder, prompts: Sequence[str], num_timesteps
     base = sample if sample is not None else SampleConfig(size=model.config.sample_size)
     sample = replace(base, sampler="euler", steps=int(num_timesteps),
                      guidance=float(base.guidance if guidance is None else guidance), apg=False)
-    validate_sample(model, sample, "fp32")
+    GenerationRequest.from_sample(prompts, sample, seed).check_for(model)  # the engine's checks of the settings
     device = next(model.parameters()).device
-    cond = encoder.encode(prompts, device)
-    uncond = encoder.encode([""] * len(prompts), device)
-    velocity = guided_velocity(model, cond, uncond, sample.guidance)
+    velocity = prompt_velocity(model, encoder, prompts, sample.guidance)
     noise = initial_noise(len(prompts), (model.config.in_channels, sample.size, sample.size), seed, device)
     ts = timesteps(sample.steps, sample.shift)
     scorer = _Scorer(len(find_blocks(model)), rows=len(prompts), hint="use more prompts or larger images")
@@ -366,8 +371,6 @@ def analyze_hf_encoder(path_or_name: str | None = None, sentences: Sequence[str]
     (AutoModel/AutoTokenizer, local_files_only=True; an encoder-decoder keeps its encoder).
     Runs the sentences with output_hidden_states=True; padding tokens are left out.
     Adds "sentences": n and "encoder": the model path to the result."""
-    from ditkit.core.encoders import get_text_encoder
-
     sentences = [sentences] if isinstance(sentences, str) else [str(s) for s in sentences]
     if not sentences:
         raise ValueError("no sentences given; analyze_hf_encoder needs at least one sentence")
@@ -394,8 +397,6 @@ def _depth_label(result: Mapping[str, Any]) -> str:
 def plot_profile(result: Mapping[str, Any], path: str | Path) -> None:
     """Scores over depth (averaged over time bins): the three bounded scores on the left,
     the unbounded norm ratio on the right."""
-    from ditkit.core.reports import pyplot, save_figure
-
     mean = result["mean"]
     xs = list(range(len(mean["linearity"])))
     plt = pyplot()
@@ -415,15 +416,11 @@ def plot_profile(result: Mapping[str, Any], path: str | Path) -> None:
 
 def plot_heatmap(result: Mapping[str, Any], score: str, path: str | Path) -> None:
     """A depth x time-bin heat map of one score (results of analyze_dit / analyze_diffusers)."""
-    from ditkit.core.reports import pyplot, save_figure
-
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
     if not result.get("timesteps"):
         raise ValueError("this result has no time bins (analyze_hidden_states); a heat map needs "
                          "analyze_dit or analyze_diffusers")
-    import numpy as np
-
     m = np.asarray(result[score], dtype=float)  # (blocks, bins)
     ts = result["timesteps"]
     plt = pyplot()
@@ -441,8 +438,6 @@ def plot_heatmap(result: Mapping[str, Any], score: str, path: str | Path) -> Non
 def save_analysis(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write analysis.json, profile.png and (when the result has time bins) heatmap_<score>.png
     for every score into out_dir. Returns {name: path}."""
-    from ditkit.core.reports import write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "analysis.json", "profile": out / "profile.png"}
@@ -459,55 +454,9 @@ def save_analysis(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
 # diffusers transformers saved in a local folder (for `ditkit analyze`)
 # --------------------------------------------------------------------------
 
-DIFFUSERS_CLASSES = ("PixArtTransformer2DModel", "SD3Transformer2DModel")
-
-
-def is_diffusers_folder(path: str | Path) -> bool:
-    """A folder whose config.json names a diffusers class (written by save_pretrained)."""
-    import json
-
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return "_class_name" in json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return False
-
-
-def load_diffusers_transformer(path: str | Path) -> nn.Module:
-    """Load a PixArt or SD3 transformer from a local save_pretrained folder (nothing is downloaded)."""
-    import json
-
-    name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
-    if name not in DIFFUSERS_CLASSES:
-        raise ValueError(f"unsupported diffusers class {name!r}; allowed: {', '.join(DIFFUSERS_CLASSES)}")
-    import diffusers
-
-    # low_cpu_mem_usage=False: the default asks for `accelerate` (not a dependency) and prints a warning.
-    return getattr(diffusers, name).from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False).eval()
-
-
-def calibration_inputs(transformer: nn.Module, batch: int = 4, num_timesteps: int = 8, text_tokens: int = 16,
-                       seed: int = 0) -> dict:
-    """Forward inputs for analyze_diffusers without a pipeline: Gaussian latents (what a
-    sampler feeds at t = 1, and close to it at high t), Gaussian text states and
-    num_timesteps time bins evenly over diffusers' 0-1000 scale. Real latents and prompt
-    embeddings give more faithful scores for low t; pass them to analyze_diffusers directly."""
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    g = torch.Generator().manual_seed(seed)
-    c = transformer.config
-    name = type(transformer).__name__
-    size = int(c.sample_size)
-    x = torch.randn(batch, c.in_channels, size, size, generator=g)
-    ts = [float(t) for t in torch.linspace(999, 0, num_timesteps + 1)[:-1]]
-    if name == "PixArtTransformer2DModel":
-        ctx = torch.randn(batch, text_tokens, c.caption_channels, generator=g)
-        return dict(hidden_states=x, encoder_hidden_states=ctx, timestep=ts,
-                    added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-    if name == "SD3Transformer2DModel":
-        ctx = torch.randn(batch, text_tokens, c.joint_attention_dim, generator=g)
-        pooled = torch.randn(batch, c.pooled_projection_dim, generator=g)
-        return dict(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=ts)
-    raise ValueError(f"no calibration inputs for {name}; allowed: {', '.join(DIFFUSERS_CLASSES)}")
+def analyze_diffusers_folder(path: str | Path, num_timesteps: int = 8, seed: int = 0) -> dict:
+    """analyze_diffusers on a PixArt or SD3 transformer saved in a local folder, with data-free
+    calibration inputs (Gaussian latents and text states over num_timesteps time bins;
+    ditkit.interop.diffusers_folder.calibration_inputs)."""
+    transformer = load_diffusers_transformer(path)
+    return analyze_diffusers(transformer, calibration_inputs(transformer, num_timesteps=num_timesteps, seed=seed))

@@ -1,36 +1,36 @@
 """CLI verbs of the editing tasks: vary, edit, inpaint, outpaint, fuse, upscale
-(and `ditkit eval edit`). Registered by cli.build_parser; errors follow cli's rules."""
+(Pipeline's methods over ditkit.tasks). Registered by ditkit.cli.main; errors follow
+ditkit.cli.common's rule. `ditkit eval edit` is in ditkit.cli.evaluate."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+
+from ditkit.api import load
+from ditkit.cli.common import add_debug, check_output_file, nonneg_float, positive_int, save_numbered
+from ditkit.core.sampling import SAMPLER_NAMES
+from ditkit.tasks.pipeline_edit import FUSE_CONDITIONS, FUSE_MODES, INPAINT_METHODS
 
 
 def _common(p: argparse.ArgumentParser, default_model: str = "shapes-64", sampler: bool = True) -> None:
-    from ditkit.cli.main import _nonneg_float, _positive_int
-
     p.add_argument("-o", "--output", required=True, help="output image path (.png, .jpg, ...)")
     p.add_argument("--model", default=default_model, help=f"embedded model name or model folder (default {default_model})")
-    p.add_argument("--steps", type=_positive_int("--steps"), help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=_nonneg_float("--guidance"), help="guidance scale (default: the model's)")
+    p.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=nonneg_float("--guidance"), help="guidance scale (default: the model's)")
     if sampler:
-        p.add_argument("--sampler", help="euler, heun or dpm2m (default: the model's)")
+        names = f"{', '.join(SAMPLER_NAMES[:-1])} or {SAMPLER_NAMES[-1]}"
+        p.add_argument("--sampler", help=f"{names} (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    add_debug(p)
 
 
-def add_edit_parsers(sub) -> None:
-    from ditkit.cli.main import _positive_int
-    from ditkit.tasks.pipeline_edit import FUSE_CONDITIONS, FUSE_MODES, INPAINT_METHODS
-
+def add_parsers(sub) -> None:
     v = sub.add_parser("vary", help="variations of an image (SDEdit), optionally guided by a prompt")
     v.add_argument("image")
     v.add_argument("--prompt", default="", help="text to move the image towards (text+image fusion)")
     v.add_argument("--strength", type=float, default=0.6, help="0 keeps the image, 1 ignores it (default 0.6)")
-    v.add_argument("--num", type=_positive_int("--num"), default=1, help="variations; files get _0, _1, ... suffixes")
+    v.add_argument("--num", type=positive_int("--num"), default=1, help="variations; files get _0, _1, ... suffixes")
     _common(v)
 
     e = sub.add_parser("edit", help="invert an image under a source prompt, regenerate it under a new prompt")
@@ -79,21 +79,12 @@ def add_edit_parsers(sub) -> None:
     _common(u, default_model="shapes-upscale")
 
     for p in (v, e, i, o, f, u):
-        p.set_defaults(edit_task=p.prog.split()[-1])
+        p.set_defaults(edit_task=p.prog.split()[-1], handler=cmd_edit_task)
 
 
-def _out(path: str) -> Path:
-    from ditkit.cli.main import _check_output_file
-
-    return _check_output_file(path)
-
-
-def cmd_edit_task(args) -> int:
-    from ditkit.cli.main import save_image_atomic
-    from ditkit.api import load
-
+def cmd_edit_task(args: argparse.Namespace) -> int:
     task = args.edit_task
-    out = _out(args.output)
+    out = check_output_file(args.output)
     pipe = load(args.model, device=args.device)
     common = dict(steps=args.steps, guidance=args.guidance)
     if getattr(args, "sampler", None) is not None:
@@ -117,40 +108,6 @@ def cmd_edit_task(args) -> int:
         images = [pipe.upscale(args.image, prompt=args.prompt, seed=args.seed, **common)]
     else:  # pragma: no cover - argparse only routes the verbs above
         raise ValueError(f"unknown task {task!r}")
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(len(images))]
-    for im, path in zip(images, paths):
-        save_image_atomic(im, path)
+    paths = save_numbered(images, out)
     print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
-
-
-def add_eval_edit_parser(esub) -> None:
-    from ditkit.cli.main import _positive_int
-
-    ee = esub.add_parser("edit", help="measure the editing tasks on the shapes world (JSON + report)")
-    ee.add_argument("--tasks", default="inpaint,outpaint,vary,fuse,upscale",
-                    help="comma-separated: inpaint, outpaint, vary, fuse, upscale")
-    ee.add_argument("--num", type=_positive_int("--num"), default=50, help="cases per task (default 50)")
-    ee.add_argument("--out-dir", help="save results.json, report.md and example grids here")
-    ee.add_argument("--model", default="shapes-64")
-    ee.add_argument("--seed", type=int, default=0)
-    ee.add_argument("--device", default="cpu")
-    ee.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-
-
-def cmd_eval_edit(args) -> int:
-    from ditkit.cli.main import _check_out_dir
-    from ditkit.evaluation.edit_eval import EDIT_TASKS, edit_eval, save_edit_outputs
-    from ditkit.api import load
-
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in EDIT_TASKS]
-    if bad or not tasks:
-        raise ValueError(f"unknown edit tasks {bad or tasks}; allowed: {', '.join(EDIT_TASKS)}")
-    _check_out_dir(args.out_dir)
-    pipe = load(args.model, device=args.device)
-    results, examples = edit_eval(pipe, tasks, n=args.num, seed=args.seed)
-    if args.out_dir:
-        save_edit_outputs(results, examples, Path(args.out_dir), command=getattr(args, "command_line", ""))
-    print(json.dumps(results, indent=2))
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ditkit.core.config import Config, SampleConfig, _from_dict
@@ -29,6 +29,26 @@ from ditkit.core.model import DiT, DiTConfig
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.safetensors"
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"  # the embedded models shipped in the package
+
+
+def embedded_models() -> list[str]:
+    """Names of the models shipped in the package (folders under ditkit/weights)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """An embedded model name or a folder path -> the model folder."""
+    name = str(name_or_path)
+    if name in embedded_models():
+        return WEIGHTS_DIR / name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    raise ValueError(f"unknown model {name!r}: not an embedded model ({', '.join(embedded_models()) or 'none'}) "
+                     "and not a model folder")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -175,8 +195,6 @@ def save_train_state(folder: str | Path, step: int, model: torch.nn.Module, ema:
 def load_train_state(folder: str | Path, model: torch.nn.Module, ema: torch.nn.Module,
                      optimizer: torch.optim.Optimizer) -> int:
     """Restore model, EMA and optimizer in place; return the step to continue from."""
-    from safetensors import safe_open
-
     path = Path(folder) / STATE_FILE
     tensors = _load_tensors(path)
     with safe_open(str(path), "pt") as f:

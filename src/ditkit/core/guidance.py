@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from ditkit.core.flow import velocity_from_x0, x0_from_velocity
+from ditkit.core.precision import autocast
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 Context = tuple[torch.Tensor, torch.Tensor]  # (states (B, L, D), mask (B, L))
@@ -60,8 +61,6 @@ def pad_contexts(a: Context, b: Context) -> tuple[torch.Tensor, torch.Tensor]:
 
 def autocast_for(precision: str, device: torch.device):
     """bf16 / fp16 autocast, or nothing (fp32, and int8 whose Linear layers are quantized)."""
-    from ditkit.core.precision import autocast
-
     return autocast(precision, device)
 
 
@@ -103,6 +102,12 @@ def apg_update(d_cond: torch.Tensor, d_uncond: torch.Tensor, scale: float, apg: 
     return d_cond + (scale - 1) * (orth + apg.eta * par)
 
 
+def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): v = v_u + s (v_c - v_u), on every channel.
+    The one place the formula is written; samplers, distillation and pruning recovery call it."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
 def guided_velocity(model: torch.nn.Module, cond: Context, uncond: Context, scale: float,
                     apg: APG | None = None, interval: tuple[float, float] = (0.0, 1.0),
                     precision: str = "fp32") -> Velocity:
@@ -125,8 +130,7 @@ def guided_velocity(model: torch.nn.Module, cond: Context, uncond: Context, scal
             return conditional(x, t)
         v_cond, v_uncond = both(torch.cat([x, x]), t).chunk(2)
         if apg is None:
-            # CFG: v = v_u + s (v_c - v_u), on every channel.
-            return v_uncond + scale * (v_cond - v_uncond)
+            return cfg_combine(v_cond, v_uncond, scale)
         d_cond, d_uncond = x0_from_velocity(x, t, v_cond), x0_from_velocity(x, t, v_uncond)
         return velocity_from_x0(x, t, apg_update(d_cond, d_uncond, scale, apg, buffer))
 

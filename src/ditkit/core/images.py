@@ -106,6 +106,12 @@ def to_tensor(im: Image.Image, size: tuple[int, int] | None = None, resample=Ima
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
+def to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images (the inverse of to_tensor)."""
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
 def mask_tensor(mask: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
     """bool (H, W) -> (1, 1, H', W') float {0, 1}, resized to PIL size (W', H') so that any
     partly-masked pixel counts as masked (the hole only grows)."""

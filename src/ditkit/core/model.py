@@ -1,6 +1,6 @@
 """The DiT: one file, top to bottom.
 
-Contract with the rest of ditkit (DESIGN.md principle 2):
+Contract with the rest of ditkit (docs/architecture.md: the engine and every task call only this):
 
     DiT.forward(x, t, context, context_mask) -> v
         x:            (B, C_in, H, W)   noisy image (or latent) at time t
@@ -20,132 +20,48 @@ Design choices (and why):
   learned table. Per-block adaLN costs 6 * width^2 parameters per block
   (about 40% of a block at our widths) for no measured gain in PixArt; here the
   parameter budget (40 MB per shipped model) is better spent on depth.
-- Positions: 2D axial rotary embeddings (RoPE, Su et al. 2021; as in FLUX and
-  Lumina) on self-attention queries and keys. RoPE is relative, so the model
-  runs at sizes other than its training size without interpolation.
-  `positions="sincos"` instead adds PixArt-alpha's fixed 2-D sin-cos table to
-  the patch tokens (with its base-size / interpolation-scale convention).
-  `positions="rope+abs"` keeps RoPE and also adds a learned linear map of that
-  table to the patch tokens, zero-initialised. RoPE alone gives the residual
-  stream no absolute position, so a cross-attention query cannot tell "I am on
-  the left" and relations ("to the left of") must be built by coordinating
-  tokens through relative attention; the shipped RoPE-only shapes-64 placed the
-  two objects of a position prompt in random relative positions (docs/models.md).
-  The zero init lets a RoPE model be fine-tuned into this kind unchanged
-  at step 0 (train.init_from).
+- Positions: 2D axial rotary embeddings (RoPE, Su et al. 2021; as in FLUX and Lumina)
+  on self-attention queries and keys. RoPE is relative, so the model runs at sizes
+  other than its training size without interpolation. `positions="sincos"` instead adds
+  PixArt-alpha's fixed 2-D sin-cos table to the patch tokens (with its base-size /
+  interpolation-scale convention). `positions="rope+abs"` keeps RoPE and also adds a
+  learned, zero-initialised linear map of that table to the patch tokens. RoPE alone
+  gives the residual stream no absolute position, so a cross-attention query cannot
+  tell "I am on the left" and relations must be built by coordinating tokens through
+  relative attention; the shipped RoPE-only shapes-64 placed the two objects of a
+  position prompt in random relative positions (docs/models.md). The zero init lets
+  a RoPE model be fine-tuned into this kind unchanged at step 0 (train.init_from).
 - Query/key RMS normalisation (SD3, Esser et al. 2024) keeps attention logits
   bounded under bf16 autocast.
 - Optional ReLU linear attention (SANA, Xie et al. 2024, Sec. 2.2) with
   SANA's Mix-FFN (a depthwise 3x3 convolution inside the MLP) for positions,
   since RoPE does not combine with the ReLU kernel.
-- Optional small convolutional stem and head around the patch tokens
-  (`stem_channels > 0`). Measured on the shapes world with patch 8, it turned
-  blocky patch-wise samples into coherent shapes much earlier in training
-  (docs/models.md). The head also sees the noisy input x, so per-pixel noise
-  need not travel through the token stream. `stem_channels = 0` gives a plain
-  PixArt-style patch embedding and linear head (diffusers-mappable).
-- The last layer is zero-initialised (DiT, Peebles & Xie 2023, Sec. 3.2), so
-  an untrained model predicts v = 0 exactly.
-- PixArt-alpha compatibility: `DiTConfig(**PIXART, ...)` (stem_channels=0,
-  qk_norm=False, softmax attention, positions="sincos", cross_norm=False,
-  pooled_text=False) is exactly diffusers' PixArtTransformer2DModel without the
-  resolution/aspect micro-conditions; ditkit.interop.diffusers converts the weights both
-  ways. The timestep embedding, the caption projection, the GELU(tanh) MLP and
-  the final layer already follow PixArt-alpha (see timestep_embedding), so
-  they need no options; ditkit's fused qkv / kv projections and its
-  (C, p, p) output-patch order are mapped by the converter.
+- Optional small convolutional stem and head around the patch tokens (`stem_channels > 0`).
+  Measured on the shapes world with patch 8, it turned blocky patch-wise samples into
+  coherent shapes much earlier in training (docs/models.md). The head also sees the noisy
+  input x, so per-pixel noise need not travel through the token stream. `stem_channels = 0`
+  gives a plain PixArt-style patch embedding and linear head (diffusers-mappable).
+- The last layer is zero-initialised (DiT, Peebles & Xie 2023, Sec. 3.2), so an untrained
+  model predicts v = 0 exactly.
+- PixArt-alpha compatibility: `DiTConfig(**PIXART, ...)` (stem_channels=0, qk_norm=False,
+  softmax attention, positions="sincos", cross_norm=False, pooled_text=False) is exactly
+  diffusers' PixArtTransformer2DModel without the resolution/aspect micro-conditions;
+  ditkit.interop.diffusers converts the weights both ways. The timestep embedding, the
+  caption projection, the GELU(tanh) MLP and the final layer already follow PixArt-alpha
+  (see timestep_embedding), so they need no options; ditkit's fused qkv / kv projections
+  and its (C, p, p) output-patch order are mapped by the converter.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_KINDS = ("softmax", "linear")
-POSITION_KINDS = ("rope", "sincos", "rope+abs")
-
-# The configuration that maps onto diffusers' PixArtTransformer2DModel (ditkit.interop.diffusers).
-PIXART = dict(stem_channels=0, qk_norm=False, attention="softmax", positions="sincos", cross_norm=False,
-              pooled_text=False)
-
-
-@dataclass
-class DiTConfig:
-    in_channels: int = 3
-    out_channels: int = 3
-    # Extra image channels concatenated to the noisy input (Kandinsky 3's inpainting model:
-    # mask + masked image; a super-resolution model: the upsampled low-res image). 0 = none.
-    cond_channels: int = 0
-    patch_size: int = 8
-    width: int = 256
-    depth: int = 8
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    text_dim: int = 384
-    attention: str = "softmax"
-    stem_channels: int = 16
-    qk_norm: bool = True
-    sample_size: int = 64  # training resolution in pixels; RoPE positions are in patches
-    # Indices of blocks that are token-wise affine maps (LinearBlock): what `ditkit prune
-    # --replace-linear` leaves in place of a removed block (Razzhigaev et al. 2024, Sec. 5).
-    linear_blocks: tuple[int, ...] = ()
-    # "rope": 2D RoPE in self-attention (ditkit). "sincos": PixArt-alpha's fixed 2-D sin-cos
-    # table added to the patch tokens; its grid is stretched to sample_size / patch_size
-    # patches at every size, then divided by pos_interpolation (PixArt's interpolation_scale).
-    # "rope+abs": RoPE plus a learned, zero-initialised linear map of that table added to the tokens.
-    positions: str = "rope"
-    pos_interpolation: float = 1.0
-    # LayerNorm (affine) before cross-attention. PixArt-alpha has none (diffusers skips norm2 there).
-    cross_norm: bool = True
-    # Add a projection of the masked-mean text states to the timestep embedding. PixArt-alpha does not.
-    pooled_text: bool = True
-
-    def __post_init__(self) -> None:
-        try:
-            self.linear_blocks = tuple(sorted({int(i) for i in self.linear_blocks}))
-        except (TypeError, ValueError):
-            raise ValueError(f"model.linear_blocks must be a list of block indices, got {self.linear_blocks!r}") from None
-        if any(not 0 <= i < int(self.depth) for i in self.linear_blocks):
-            raise ValueError(f"model.linear_blocks {list(self.linear_blocks)} must be indices in 0..{int(self.depth) - 1}")
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"unknown attention kind {self.attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
-        for name in ("in_channels", "out_channels", "patch_size", "width", "depth", "heads", "text_dim"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.positions not in POSITION_KINDS:
-            raise ValueError(f"unknown model.positions {self.positions!r}; allowed: {', '.join(POSITION_KINDS)}")
-        if not self.pos_interpolation > 0:
-            raise ValueError(f"model.pos_interpolation must be > 0, got {self.pos_interpolation}")
-        if self.width % self.heads:
-            raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
-        if self.positions in ("rope", "rope+abs") and (self.width // self.heads) % 4:
-            raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 4 for 2D RoPE "
-                             "(or use model.positions='sincos')")
-        if self.positions in ("sincos", "rope+abs") and self.width % 4:
-            raise ValueError(f"model.width ({self.width}) must be divisible by 4 for the 2-D sin-cos table")
-        if self.stem_channels < 0:
-            raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
-        if int(self.cond_channels) < 0:
-            raise ValueError(f"model.cond_channels must be >= 0, got {self.cond_channels}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        from ditkit.core.config import coerce_fields  # late import: config imports this module
-
-        return cls(**coerce_fields(cls, d, "model"))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["linear_blocks"] = list(self.linear_blocks)
-        return d
+# DiTConfig lives in core.config (which imports nothing of the model); re-exported for callers.
+from ditkit.core.config import ATTENTION_KINDS, PIXART, POSITION_KINDS, DiTConfig  # noqa: F401
 
 
 # ----------------------------------------------------------------------------

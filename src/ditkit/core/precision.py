@@ -8,6 +8,8 @@ fp16 kernels), so fp16 is refused on CPU rather than silently crawling.
 from __future__ import annotations
 
 import copy
+import threading
+import warnings
 import weakref
 from contextlib import nullcontext
 
@@ -16,6 +18,7 @@ from torch import nn
 
 INFERENCE_PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 _int8_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+_int8_lock = threading.Lock()  # a server's threads share one pipeline: quantize its model once, not once per thread
 
 
 def check_precision(precision: str, device: torch.device | str) -> None:
@@ -52,8 +55,6 @@ def training_precision(precision: str, device: torch.device | str) -> str:
     global _warned_slow_bf16
     if precision == "bf16" and not bf16_is_fast(device):
         if not _warned_slow_bf16:
-            import warnings
-
             warnings.warn("bf16 requested, but this CPU has no native bf16 kernels (no AVX-512/AMX): "
                           "training in fp32 instead, which is much faster here", stacklevel=2)
             _warned_slow_bf16 = True
@@ -79,21 +80,21 @@ def _fingerprint(model: nn.Module) -> tuple:
 def int8_model(model: nn.Module) -> nn.Module:
     """A dynamically int8-quantized copy of the model's Linear layers (cached while the
     weights stay unchanged). Convolutions, norms and attention stay fp32."""
+    # why here: torch.ao.quantization is slow to import and only int8 runs need it
     from torch.ao.quantization import quantize_dynamic
 
-    key = _fingerprint(model)
-    hit = _int8_cache.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    import warnings
-
-    with warnings.catch_warnings():
-        # torch marks quantized tensor creation as deprecated in favour of torchao; the
-        # torch.ao path is still the one that ships with torch and works here.
-        warnings.simplefilter("ignore", UserWarning)
-        q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-    _int8_cache[model] = (key, q)
-    return q
+    with _int8_lock:
+        key = _fingerprint(model)
+        hit = _int8_cache.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with warnings.catch_warnings():
+            # torch marks quantized tensor creation as deprecated in favour of torchao; the
+            # torch.ao path is still the one that ships with torch and works here.
+            warnings.simplefilter("ignore", UserWarning)
+            q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        _int8_cache[model] = (key, q)
+        return q
 
 
 def model_for(model: nn.Module, precision: str) -> nn.Module:

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 
 def stderr_console():
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich loads only when something is shown
 
     return Console(stderr=True)
 
@@ -19,7 +19,7 @@ def progress_bar(label: str, total: int, enabled: bool = True,
     if not enabled:
         yield lambda done, total: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy, as above
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=stderr_console(), transient=True) as p:
@@ -28,3 +28,9 @@ def progress_bar(label: str, total: int, enabled: bool = True,
             yield lambda done, total: p.update(task, completed=done, total=total)
         else:
             yield lambda done, _total: p.update(task, completed=done)
+
+
+def progress_callback(bar: Callable[[int, int], None]) -> Callable[[dict], None]:
+    """An engine callback (it receives the step dict of ditkit.engine, with "done" and "total"
+    counted in image-steps over the whole request) that advances a bar(done, total)."""
+    return lambda info: bar(info["done"], info["total"])

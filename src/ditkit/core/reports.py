@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ditkit.core.checkpoint import atomic_write
 
 
@@ -16,7 +18,7 @@ def write_json(path: str | Path, data: dict) -> None:
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # optional heavy dependency: loaded only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,8 +69,6 @@ def line_plot(path: str | Path, xs: Sequence[float], series: dict[str, Sequence[
 
 def confusion_plot(path: str | Path, confusion: Sequence[Sequence[int]], title: str) -> None:
     """Rows: prompted class, columns: predicted class."""
-    import numpy as np
-
     plt = pyplot()
     m = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(4.5, 4))

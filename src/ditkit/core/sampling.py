@@ -3,22 +3,47 @@
 Every sampler is a function
     sampler(velocity, x, ts, callback=None) -> x0
 where `velocity(x, t) -> v` (t a python float in [0, 1]) is the only contract
-with the model (DESIGN.md principle 2), `x` is the starting noise at ts[0]
-and `ts` decreases to 0. No hidden state: all randomness comes from the
-caller's torch.Generator when it draws `x`, so requests can run concurrently.
+with the model, `x` is the starting noise at ts[0] and `ts` decreases to 0. No
+hidden state: all randomness comes from the caller's torch.Generator when it
+draws `x`, so requests can run concurrently.
+
+After each step the sampler calls callback(info) with a StepInfo dict, as
+k-diffusion's samplers pass x, sigma and the denoised image:
+    step   steps done (1 .. steps)          steps  the step count
+    t      the time the step started from   x      the state at t, (B, C, H, W)
+    x0     the model's denoised estimate at (x, t): x - t v for rectified flow
+           (x_t = (1 - t) x0 + t eps, v = eps - x0), a live preview of the image.
+x0 is computed only when a callback is given, and never feeds back into the step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, TypedDict
 
 import torch
 
 from ditkit.core.flow import shift_time
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
-Callback = Callable[[int, int], None]  # (step index done, total steps)
+
+
+class StepInfo(TypedDict):
+    """What a sampler reports after each step (see the module docstring)."""
+    step: int
+    steps: int
+    t: float
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+Callback = Callable[[StepInfo], None]
+
+
+def _report(callback: Callback | None, step: int, steps: int, t: float, x: torch.Tensor, v: torch.Tensor) -> None:
+    """Call back with the step's state and its denoised estimate x0 = x - t v."""
+    if callback:
+        callback({"step": step, "steps": steps, "t": t, "x": x, "x0": x - t * v})
 
 
 def timesteps(steps: int, shift: float = 1.0, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
@@ -39,9 +64,10 @@ def sample_euler(velocity: Velocity, x: torch.Tensor, ts: torch.Tensor, callback
     n = len(ts) - 1
     for i in range(n):
         t, t_next = float(ts[i]), float(ts[i + 1])
-        x = x + (t_next - t) * velocity(x, t)
-        if callback:
-            callback(i + 1, n)
+        v = velocity(x, t)
+        x_next = x + (t_next - t) * v
+        _report(callback, i + 1, n, t, x, v)
+        x = x_next
     return x
 
 
@@ -55,11 +81,11 @@ def sample_heun(velocity: Velocity, x: torch.Tensor, ts: torch.Tensor, callback:
         v = velocity(x, t)
         x_pred = x + (t_next - t) * v
         if t_next > 0:
-            x = x + (t_next - t) * 0.5 * (v + velocity(x_pred, t_next))
+            x_next = x + (t_next - t) * 0.5 * (v + velocity(x_pred, t_next))
         else:
-            x = x_pred
-        if callback:
-            callback(i + 1, n)
+            x_next = x_pred
+        _report(callback, i + 1, n, t, x, v)
+        x = x_next
     return x
 
 
@@ -84,18 +110,19 @@ def sample_dpm2m(velocity: Velocity, x: torch.Tensor, ts: torch.Tensor, callback
         t, t_next = float(ts[i]), float(ts[i + 1])
         x0 = x - t * velocity(x, t)
         if t_next <= 0:
-            x = x0
+            x_next = x0
         else:
             h = _lambda(t_next) - _lambda(t)
             d = x0
             if x0_prev is not None and h_prev is not None and t < 1.0:
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = (t_next / t) * x + ((1 - t_next) - (1 - t) * t_next / t) * d
+            x_next = (t_next / t) * x + ((1 - t_next) - (1 - t) * t_next / t) * d
             h_prev = h if t < 1.0 else None
         x0_prev = x0
-        if callback:
-            callback(i + 1, n)
+        if callback:  # x0 is already the data prediction here
+            callback({"step": i + 1, "steps": n, "t": t, "x": x, "x0": x0})
+        x = x_next
     return x
 
 
@@ -104,6 +131,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "heun": sample_heun,
     "dpm2m": sample_dpm2m,
 }
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)  # the one list of sampler names (config, CLI, errors)
 
 
 def pure_noise_prior(velocity: Velocity, until: float, prior: Velocity | None = None) -> Velocity:

@@ -1,6 +1,8 @@
-"""Built-in datasets: the shapes world (shapes.py) and scikit-learn's real digits (digits.py)."""
+"""Built-in datasets: the shapes world (shapes/) and scikit-learn's real digits (digits.py)."""
 
 from __future__ import annotations
+
+from ditkit.data import digits, shapes
 
 DATASETS = ("shapes", "digits")
 
@@ -17,25 +19,17 @@ def make_batch(dataset: str, seed: int, step: int, batch_size: int, size: int, m
     if mix:
         check_mix_dataset(dataset)
     if dataset == "shapes":
-        from .shapes import make_batch as batch
-
-        return batch(seed, step, batch_size, size, mix)
-    elif dataset == "digits":
-        from .digits import make_batch as batch
-    else:
-        raise ValueError(f"no built-in data for dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
-    return batch(seed, step, batch_size, size)
+        return shapes.make_batch(seed, step, batch_size, size, mix)
+    if dataset == "digits":
+        return digits.make_batch(seed, step, batch_size, size)
+    raise ValueError(f"no built-in data for dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
 
 
 def benchmark_prompts(dataset: str, n: int, seed: int = 0) -> list[str] | None:
     """About n of a built-in dataset's benchmark prompts, spread over its classes (ShapesEval
     categories, digits), for calibration; None for a dataset without built-in prompts."""
     if dataset == "shapes":
-        from .shapes import benchmark_prompts as shapes_prompts
-
-        return [p for _, p in shapes_prompts(max(1, n // 4), seed)]
+        return [p for _, p in shapes.benchmark_prompts(max(1, n // 4), seed)]
     if dataset == "digits":
-        from .digits import benchmark_prompts as digit_prompts
-
-        return digit_prompts(max(1, n // 10))[:n]
+        return digits.benchmark_prompts(max(1, n // 10))[:n]
     return None

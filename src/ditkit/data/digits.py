@@ -6,9 +6,8 @@ bilinearly to 32x32 RGB (gray in all three channels, so every ditkit tool that
 speaks RGB works on them) and split train/test with a fixed seed, stratified by
 digit. Captions: "a handwritten digit 7".
 
-The judge is a classifier trained here on the real training split (an RBF SVM
-on 2x2-pooled pixels, seconds to fit, deterministic): it is refit on demand
-rather than stored, so no pickled model is ever loaded.
+The judge that scores generated digits (a classifier fit on the training split)
+is evaluation code: ditkit.evaluation.digits_judge.
 """
 
 from __future__ import annotations
@@ -16,9 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is only needed by make_batch and the renderer; keep the import lazy.
+    import torch
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25
@@ -50,7 +52,7 @@ def parse_digit(prompt: str) -> int:
 
 def _render(raw: np.ndarray, size: int) -> np.ndarray:
     """(N, 8, 8) ink values in [0, 16] -> (N, size, size, 3) uint8, ink dark on white."""
-    import torch
+    import torch  # lazy: importing the data module should not pull in torch
     import torch.nn.functional as F
 
     ink = torch.from_numpy(raw.astype(np.float32) / 16.0)[:, None]
@@ -66,7 +68,7 @@ def load_split(split: str, size: int = SIZE) -> DigitsSplit:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional heavy dependency: only the digits data needs it
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
@@ -85,7 +87,7 @@ def make_batch(seed: int, step: int, batch_size: int, size: int = SIZE) -> tuple
     """A training batch from the real training split: images (B, 3, S, S) in [-1, 1] and captions.
 
     Like shapes.make_batch, it depends only on (seed, step), so resume is exact."""
-    import torch
+    import torch  # lazy: importing the data module should not pull in torch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -104,73 +106,3 @@ def benchmark_prompts(per_digit: int) -> list[str]:
     if per_digit < 1:
         raise ValueError(f"per_digit must be >= 1, got {per_digit}")
     return [caption_for(d) for d in range(10) for _ in range(per_digit)]
-
-
-# --------------------------------------------------------------------------
-# The judge: a classifier fit on the real training split
-# --------------------------------------------------------------------------
-
-
-def _features(images: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, (S/2)^2) ink in [0, 1] after 2x2 average pooling."""
-    ink = 1.0 - images[..., :3].astype(np.float32).mean(-1) / 255.0
-    n, h, w = ink.shape
-    ink = ink[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2).mean((2, 4))
-    return ink.reshape(n, -1)
-
-
-class DigitClassifier:
-    """An RBF SVM on the real training split; predict/proba on images of the split's size."""
-
-    def __init__(self, size: int = SIZE):
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.svm import SVC
-
-        train = load_split("train", size)
-        self.size = size
-        # Platt-calibrated probabilities: the `digits` verifier ranks candidates by them.
-        self.svm = CalibratedClassifierCV(SVC(C=10.0, gamma="scale"), ensemble=False)
-        self.svm.fit(_features(train.images), train.labels)
-
-    def _as_array(self, images) -> np.ndarray:
-        from PIL import Image
-
-        if isinstance(images, np.ndarray):
-            arr = images
-        else:
-            arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-                                       if im.size != (self.size, self.size) else im.convert("RGB"))
-                            for im in images])
-        if arr.ndim != 4 or arr.shape[1:3] != (self.size, self.size):
-            raise ValueError(f"expected images of {self.size}x{self.size}, got array of shape {arr.shape}")
-        return arr
-
-    def proba(self, images) -> np.ndarray:
-        """(N, 10) class probabilities for PIL images or a uint8 (N, S, S, 3) array."""
-        return self.svm.predict_proba(_features(self._as_array(images)))
-
-    def predict(self, images) -> np.ndarray:
-        return self.svm.predict(_features(self._as_array(images)))
-
-
-@lru_cache(maxsize=2)
-def classifier(size: int = SIZE) -> DigitClassifier:
-    """The shared judge (fit once per process, ~1 s)."""
-    return DigitClassifier(size)
-
-
-def digit_accuracy(images: Sequence, prompts: Sequence[str]) -> dict:
-    """Accuracy of the judge's prediction against the prompted digit, overall and per digit."""
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-    if not images:
-        raise ValueError("no images to score")
-    size = images[0].size[0]
-    wanted = np.array([parse_digit(p) for p in prompts])
-    got = classifier(size).predict(images)
-    per_digit = {str(d): float((got[wanted == d] == d).mean()) for d in range(10) if (wanted == d).any()}
-    confusion = np.zeros((10, 10), dtype=int)
-    for w_, g_ in zip(wanted, got):
-        confusion[w_, g_] += 1
-    return {"accuracy": float((got == wanted).mean()), "per_digit": per_digit,
-            "predicted": got.tolist(), "confusion": confusion.tolist()}

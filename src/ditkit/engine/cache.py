@@ -14,7 +14,8 @@ the reuse decision is taken for the whole batch):
   schedule is static for a step count and is saved next to the model.
 
 Spec strings for the CLI: "first-block:0.08", "smooth:calibrated" (the model's
-saved schedule) or "smooth:PATH.json".
+saved schedule) or "smooth:PATH.json". SmoothCache calibration, which samples through the
+engine, is ditkit.engine.calibration.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
+
+from ditkit.core.reports import write_json
 
 SCHEDULE_FILE = "cache_schedule.json"
 POLICIES = ("first-block:THRESHOLD", "smooth:calibrated", "smooth:PATH.json")
 
 
-def _rel_change(new: torch.Tensor, old: torch.Tensor) -> float:
+def relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """Mean absolute change of a residual relative to its previous mean magnitude."""
     return float((new - old).abs().mean() / old.abs().mean().clamp_min(1e-12))
 
 
@@ -51,7 +54,7 @@ class FirstBlockCache:
         h = blocks[0](tokens, *args)
         first = h - tokens
         if (self.prev_first is not None and self.prev_first.shape == first.shape
-                and _rel_change(first, self.prev_first) < self.threshold):
+                and relative_change(first, self.prev_first) < self.threshold):
             self.hits += 1
             return h + self.rest.to(h.dtype)
         out = h
@@ -72,8 +75,6 @@ class SmoothSchedule:
     errors: list[list[float]]
 
     def save(self, path: str | Path) -> None:
-        from ditkit.core.reports import write_json
-
         write_json(Path(path), self.__dict__)
 
     @classmethod
@@ -121,53 +122,6 @@ class SmoothCache:
             self.residuals[i] = (out - tokens).detach()
             tokens = out
         return tokens
-
-
-class _Recorder:
-    """Calibration: runs every block and records how much each residual moved since the last call."""
-
-    def __init__(self):
-        self.prev: dict[int, torch.Tensor] = {}
-        self.errors: list[list[float]] = []
-
-    def run_blocks(self, blocks, tokens, args):
-        row = []
-        for i, blk in enumerate(blocks):
-            out = blk(tokens, *args)
-            r = out - tokens
-            row.append(_rel_change(r, self.prev[i]) if i in self.prev else float("inf"))
-            self.prev[i] = r.detach()
-            tokens = out
-        self.errors.append(row)
-        return tokens
-
-
-def calibrate_smooth(model, encoder, prompts: Sequence[str], sample, alpha: float = 0.15, seed: int = 0,
-                     max_consecutive: int = 2) -> SmoothSchedule:
-    """SmoothCache calibration: per model call and block, the mean relative L1 change of the
-    block's residual from the previous call over calibration prompts; reuse where it is
-    below alpha, never more than max_consecutive calls in a row for a block (the cached
-    residual grows stale), never at the first call."""
-    from ditkit.api import generate_tensor
-
-    if not prompts:
-        raise ValueError("calibration needs at least one prompt")
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    rec = _Recorder()
-    generate_tensor(CachedModel(model, rec), encoder, list(prompts), sample, seed, batch_size=len(prompts))
-    errors = rec.errors
-    depth = len(errors[0])
-    reuse, run = [], [0] * depth
-    for row in errors:
-        flags = []
-        for i, e in enumerate(row):
-            ok = e < alpha and run[i] < max_consecutive
-            run[i] = run[i] + 1 if ok else 0
-            flags.append(ok)
-        reuse.append(flags)
-    finite = [[e if e != float("inf") else -1.0 for e in row] for row in errors]  # -1: no previous call
-    return SmoothSchedule(sample.steps, sample.sampler, float(alpha), reuse, finite)
 
 
 class CachedModel:

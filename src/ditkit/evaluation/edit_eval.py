@@ -15,6 +15,10 @@
   bicubic: PSNR and the detector's agreement with the original, at 32->64 and 64->128.
 - seams (inpaint, outpaint): mean gradient magnitude on the mask border over the mean
   gradient magnitude of the whole image (1 = the border is as smooth as the rest).
+
+The tasks run as the functions of ditkit.tasks.pipeline_edit over an engine (the model under
+test), with `companion` (suffix -> the engine of a companion model, e.g. its inpainting model)
+and `upscaler` (the engine of an upscaling model) given by the caller.
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ditkit.data.shapes import PALETTE, SHAPE_NAMES, detect, object_caption, render, sample_scene
+from ditkit.core.checkpoint import atomic_write
+from ditkit.core.images import to_pil
+from ditkit.data.shapes import PALETTE, SHAPE_NAMES, ShapeObject, benchmark_prompts, object_caption, render, sample_scene
+from ditkit.engine import Engine, GenerationRequest
+from ditkit.evaluation.shapes_detector import detect
+from ditkit.tasks.pipeline_edit import Companion, bicubic_upscale, fuse, inpaint, outpaint, psnr, upscale, vary
 
 COLORS, SHAPES = tuple(PALETTE), SHAPE_NAMES
 
@@ -66,27 +75,28 @@ def _other_object(rng: np.random.Generator, color: str, shape: str) -> tuple[str
 
 
 def _caption(color: str, shape: str) -> str:
-    from ditkit.data.shapes import ShapeObject
-
     return object_caption(ShapeObject(shape, color, 0, 0, 1))
 
 
-def _source_scenes(pipe, n: int, seed: int, category: str) -> list[tuple[Image.Image, str]]:
-    from ditkit.data.shapes import benchmark_prompts
+def _generate(engine: Engine, prompts: list[str], seed: int) -> list[Image.Image]:
+    """Text-to-image at the model's settings, image i from seed + i (Pipeline.generate's defaults)."""
+    return to_pil(engine.generate(GenerationRequest.from_sample(prompts, engine.sample_config(apg=False), seed)))
 
+
+def _source_scenes(engine: Engine, n: int, seed: int, category: str) -> list[tuple[Image.Image, str]]:
     prompts = [p for c, p in benchmark_prompts(n, seed) if c == category][:n]
-    images = pipe.generate(prompts, seed=seed)
+    images = _generate(engine, prompts, seed)
     return list(zip(images, prompts))
 
 
-def eval_inpaint(pipe, n: int, seed: int, examples: list) -> dict:
+def eval_inpaint(engine: Engine, n: int, seed: int, examples: list, companion: Companion | None = None) -> dict:
     rng = np.random.default_rng([seed, 1])
     variants = {"blend": ("blend", 0), "blend+repaint2": ("blend", 2)}
-    if pipe.model.config.cond_channels == 4 or pipe.companion("inpaint") is not None:
+    if engine.model.config.cond_channels == 4 or (companion is not None and companion("inpaint") is not None):
         variants = {"model": ("model", 0), **variants}  # only where there is an inpainting model
     out = {m: {"success": 0, "seam": []} for m in variants}
     cases = 0
-    for k, (src, _) in enumerate(_source_scenes(pipe, n, seed, "two_object")):
+    for k, (src, _) in enumerate(_source_scenes(engine, n, seed, "two_object")):
         dets = detect(src)
         if not dets:
             continue
@@ -100,8 +110,8 @@ def eval_inpaint(pipe, n: int, seed: int, examples: list) -> dict:
         others = Counter((o.color, o.shape) for o in dets if o is not d)
         cases += 1
         for name, (method, resample) in variants.items():
-            res = pipe.inpaint(src, Image.fromarray(fill.astype(np.uint8) * 255), _caption(color, shape),
-                               method=method, resample=resample, seed=seed + k)
+            res = inpaint(engine, src, Image.fromarray(fill.astype(np.uint8) * 255), _caption(color, shape),
+                          method=method, resample=resample, seed=seed + k, companion=companion)
             found = detect(res)
             hole = [o for o in found if _inside(o, box)]
             kept = Counter((o.color, o.shape) for o in found if not _inside(o, box))
@@ -115,17 +125,17 @@ def eval_inpaint(pipe, n: int, seed: int, examples: list) -> dict:
                 "cases": cases} for m, v in out.items()}
 
 
-def eval_outpaint(pipe, n: int, seed: int, examples: list) -> dict:
+def eval_outpaint(engine: Engine, n: int, seed: int, examples: list, companion: Companion | None = None) -> dict:
     rng = np.random.default_rng([seed, 2])
     success, identical, seams, cases = 0, 0, [], 0
     sides = ("right", "left", "bottom", "top")
-    for k, (src, _) in enumerate(_source_scenes(pipe, n, seed + 1, "single_object")):
+    for k, (src, _) in enumerate(_source_scenes(engine, n, seed + 1, "single_object")):
         side = sides[k % 4]
         s = src.size[0]
         amount = s // 2
         found_src = detect(src)
         color, shape = _other_object(rng, *(found_src[0].color, found_src[0].shape) if found_src else ("", ""))
-        res = pipe.outpaint(src, _caption(color, shape), seed=seed + k, **{side: amount})
+        res = outpaint(engine, src, _caption(color, shape), seed=seed + k, companion=companion, **{side: amount})
         w, h = res.size
         ox, oy = (amount if side == "left" else 0), (amount if side == "top" else 0)
         region = np.asarray(res)[oy:oy + s, ox:ox + s]
@@ -154,14 +164,14 @@ def _layout_shift(src_dets, dets, side: int) -> float:
     return float(np.mean(dists))
 
 
-def eval_vary(pipe, n: int, seed: int, examples: list) -> dict:
+def eval_vary(engine: Engine, n: int, seed: int, examples: list) -> dict:
     out = {}
-    sources = _source_scenes(pipe, n, seed + 2, "two_object")
+    sources = _source_scenes(engine, n, seed + 2, "two_object")
     for strength in (0.3, 0.9):
         kept, shifts = 0, []
         for k, (src, _) in enumerate(sources):
             src_dets = detect(src)
-            var = pipe.vary(src, strength=strength, seed=seed + k)[0]
+            var = vary(engine, src, strength=strength, seed=seed + k)[0]
             dets = detect(var)
             kept += int(Counter((d.color, d.shape) for d in dets) == Counter((d.color, d.shape) for d in src_dets))
             shifts.append(_layout_shift(src_dets, dets, src.size[0]))
@@ -175,7 +185,7 @@ def eval_vary(pipe, n: int, seed: int, examples: list) -> dict:
 FUSE_VARIANTS = (("pixels", "join"), ("noise", "join"), ("pixels", "mix"), ("pixels", "prompt"))
 
 
-def eval_fuse(pipe, n: int, seed: int, examples: list, variants=FUSE_VARIANTS) -> dict:
+def eval_fuse(engine: Engine, n: int, seed: int, examples: list, variants=FUSE_VARIANTS) -> dict:
     """Per variant (mode, condition): the rate of fusions in which both objects are detected.
     condition "join" / "mix": prompt_a and prompt_b's token states side by side / interpolated;
     "prompt": the written prompt "A and B"."""
@@ -185,15 +195,15 @@ def eval_fuse(pipe, n: int, seed: int, examples: list, variants=FUSE_VARIANTS) -
         ca, sa = str(rng.choice(COLORS)), str(rng.choice(SHAPES))
         cb, sb = _other_object(rng, ca, sa)
         pairs.append(((ca, sa), (cb, sb)))
-    sources = [pipe.generate([_caption(*a), _caption(*b)], seed=seed + 2 * k) for k, (a, b) in enumerate(pairs)]
+    sources = [_generate(engine, [_caption(*a), _caption(*b)], seed + 2 * k) for k, (a, b) in enumerate(pairs)]
     out = {}
     for mode, condition in variants:
         both = 0
         for k, ((a, b), (img_a, img_b)) in enumerate(zip(pairs, sources)):
             pa, pb = _caption(*a), _caption(*b)
             prompt = f"{pa} and {pb}" if condition == "prompt" else None
-            fused = pipe.fuse(img_a, img_b, prompt=prompt, prompt_a=pa, prompt_b=pb, mode=mode,
-                              condition="mix" if condition == "mix" else "join", seed=seed + k)
+            fused = fuse(engine, img_a, img_b, prompt=prompt, prompt_a=pa, prompt_b=pb, mode=mode,
+                         condition="mix" if condition == "mix" else "join", seed=seed + k)
             found = _objects(fused)
             both += int(found[a] >= 1 and found[b] >= 1)
             if k < 8:
@@ -202,11 +212,8 @@ def eval_fuse(pipe, n: int, seed: int, examples: list, variants=FUSE_VARIANTS) -
     return out
 
 
-def eval_upscale(n: int, seed: int, examples: list, device="cpu") -> dict:
-    from ditkit.api import load
-    from ditkit.tasks.pipeline_edit import bicubic_upscale, psnr
-
-    up = load("shapes-upscale", device=device)
+def eval_upscale(upscaler: Engine, n: int, seed: int, examples: list) -> dict:
+    """The upscaling model (e.g. shapes-upscale) against bicubic on ground-truth renders."""
     rng = np.random.default_rng([seed, 4])
     out = {}
     for size in (64, 128):
@@ -216,7 +223,7 @@ def eval_upscale(n: int, seed: int, examples: list, device="cpu") -> dict:
             hi = render(scene.objects, size)
             low = hi.resize((size // 2, size // 2), Image.BOX)
             truth = _objects(hi)
-            for name, img in (("model", up.upscale(low, seed=seed + k)), ("bicubic", bicubic_upscale(low))):
+            for name, img in (("model", upscale(upscaler, low, seed=seed + k)), ("bicubic", bicubic_upscale(low))):
                 res[f"{name}_psnr"].append(psnr(img, hi))
                 res[f"{name}_agree"] += int(_objects(img) == truth)
                 if name == "model" and k < 8:
@@ -228,26 +235,29 @@ def eval_upscale(n: int, seed: int, examples: list, device="cpu") -> dict:
     return out
 
 
-def edit_eval(pipe, tasks, n: int = 50, seed: int = 0) -> tuple[dict, list]:
+def edit_eval(engine: Engine, tasks, n: int = 50, seed: int = 0, companion: Companion | None = None,
+              upscaler: Engine | None = None) -> tuple[dict, list]:
+    """Run the named EDIT_TASKS on the engine's model: (results, [(example name, image)]).
+    "upscale" needs `upscaler`, the engine of an upscaling model."""
+    if "upscale" in tasks and upscaler is None:
+        raise ValueError("the upscale task needs an upscaling model's engine (upscaler)")
     examples: list = []
-    results: dict = {"model": pipe.source, "n": n, "seed": seed}
+    results: dict = {"model": engine.source, "n": n, "seed": seed}
     for task in tasks:
         if task == "inpaint":
-            results["inpaint"] = eval_inpaint(pipe, n, seed, examples)
+            results["inpaint"] = eval_inpaint(engine, n, seed, examples, companion)
         elif task == "outpaint":
-            results["outpaint"] = eval_outpaint(pipe, n, seed, examples)
+            results["outpaint"] = eval_outpaint(engine, n, seed, examples, companion)
         elif task == "vary":
-            results["vary"] = eval_vary(pipe, n, seed, examples)
+            results["vary"] = eval_vary(engine, n, seed, examples)
         elif task == "fuse":
-            results["fuse"] = eval_fuse(pipe, n, seed, examples)
+            results["fuse"] = eval_fuse(engine, n, seed, examples)
         elif task == "upscale":
-            results["upscale"] = eval_upscale(n, seed, examples, device=pipe.device)
+            results["upscale"] = eval_upscale(upscaler, n, seed, examples)
     return results, examples
 
 
 def save_edit_outputs(results: dict, examples: list, folder: Path, command: str = "") -> None:
-    from ditkit.core.checkpoint import atomic_write
-
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2) + "\n"))
     by_task: dict[str, list] = {}

@@ -44,6 +44,9 @@ from typing import Iterable, Iterator, Union
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+
+from ditkit.core.checkpoint import atomic_write
 
 ImageBatch = Union[np.ndarray, torch.Tensor]
 Images = Union[ImageBatch, Iterable[ImageBatch]]
@@ -68,7 +71,7 @@ def _wavelet_lib():
     try:
         import ptwt
         import pywt
-    except ImportError as e:  # an optional dependency, as principle 7 of DESIGN.md asks
+    except ImportError as e:  # an optional dependency, as docs/architecture.md asks (a light core)
         raise ImportError("FWD needs ptwt and PyWavelets: pip install 'ditkit[eval]'") from e
     return ptwt, pywt
 
@@ -240,8 +243,6 @@ class FWDStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz (keys mu, sigma as pytorchfwd's CLI reads them, plus the metadata); atomic."""
-        from ditkit.core.checkpoint import atomic_write
-
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
                 np.savez(f, format=np.int64(STATS_FORMAT), mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
@@ -359,7 +360,7 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
     The TTUR/pytorch-fid computation that pytorchfwd.freq_math uses, without its print.
     """
-    from scipy import linalg
+    from scipy import linalg  # lazy: scipy.linalg is needed only here, keep importing this module light
 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
@@ -434,8 +435,6 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
     images. size=S or (H, W) resizes every image to that size, without a warning.
     Raises ValueError when the folder does not exist or holds no readable image.
     """
-    from PIL import Image, UnidentifiedImageError
-
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"image folder not found: {folder}")
@@ -473,3 +472,13 @@ def load_image_folder(path: str | os.PathLike, size: int | tuple[int, int] | Non
             im = im.resize((w, h), Image.BICUBIC)
         out[i] = np.asarray(im)
     return out
+
+
+def statistics_of(path: str | os.PathLike, level: int = DEFAULT_LEVEL) -> FWDStats:
+    """FWD statistics of an image folder, or saved ones (a .npz file from FWDStats.save)."""
+    p = Path(path)
+    if p.suffix == ".npz":
+        if not p.is_file():
+            raise FileNotFoundError(f"statistics file {str(path)!r} does not exist")
+        return FWDStats.load(p)
+    return fwd_statistics(load_image_folder(p), level=level)

@@ -36,7 +36,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ditkit.core.model import DiT, DiTConfig
+from ditkit.core.checkpoint import load_model, resolve_model, save_model
+from ditkit.core.config import SampleConfig
+from ditkit.core.model import PIXART, DiT, DiTConfig
+from ditkit.interop.diffusers_folder import is_diffusers_folder
 
 if TYPE_CHECKING:
     from diffusers import PixArtTransformer2DModel
@@ -48,7 +51,7 @@ DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 def _pixart_class():
     """diffusers' PixArtTransformer2DModel, or a ValueError saying how to install diffusers."""
     try:
-        from diffusers import PixArtTransformer2DModel
+        from diffusers import PixArtTransformer2DModel  # optional dependency (the [interop] extra)
     except ImportError:
         raise ValueError("converting to or from diffusers needs the diffusers package: "
                          "pip install 'ditkit[interop]'") from None
@@ -93,8 +96,6 @@ def check_pixart(cfg: DiTConfig) -> None:
 
 
 def _pixart_spec() -> str:
-    from ditkit.core.model import PIXART
-
     return ", ".join(f"{k}={v!r}" for k, v in PIXART.items()) + ", cond_channels=0, linear_blocks=[], mlp_ratio=4.0"
 
 
@@ -113,8 +114,6 @@ def diffusers_config(cfg: DiTConfig) -> dict:
 def ditkit_config(transformer_config) -> DiTConfig:
     """The pixart DiTConfig of a PixArtTransformer2DModel config (its `.config` or a dict);
     one ValueError naming every setting ditkit has no equivalent for."""
-    from ditkit.core.model import PIXART
-
     c = dict(transformer_config)
     heads, head_dim = int(c.get("num_attention_heads", 16)), int(c.get("attention_head_dim", 72))
     width = heads * head_dim
@@ -255,13 +254,6 @@ def save_diffusers(model: DiT, folder: str | Path) -> Path:
     return folder
 
 
-def is_diffusers_folder(path: str | Path) -> bool:
-    """A folder whose config.json names a diffusers class (written by save_pretrained)."""
-    from ditkit.analysis.linearity import is_diffusers_folder as check
-
-    return check(path)
-
-
 def load_diffusers(folder: str | Path) -> "PixArtTransformer2DModel":
     """A PixArtTransformer2DModel from a local folder, weights from safetensors only (nothing
     is downloaded, nothing is unpickled)."""
@@ -287,9 +279,6 @@ def diffusers_folder_to_ditkit(src: str | Path, out: str | Path, sample=None, te
     """Convert a diffusers PixArt transformer folder into a ditkit model folder
     (config.json + model.safetensors). `sample`: the SampleConfig to record (default: ditkit's
     defaults at the transformer's sample_size)."""
-    from ditkit.core.checkpoint import save_model
-    from ditkit.core.config import SampleConfig
-
     model = from_diffusers(load_diffusers(src)).float()
     sample = sample or SampleConfig(size=model.config.sample_size)
     return save_model(out, model, sample, text_encoder=text_encoder, extra={"converted_from": "diffusers"})
@@ -297,9 +286,6 @@ def diffusers_folder_to_ditkit(src: str | Path, out: str | Path, sample=None, te
 
 def ditkit_folder_to_diffusers(src: str | Path, out: str | Path) -> Path:
     """Convert a ditkit model folder (or embedded model name) into a diffusers transformer folder."""
-    from ditkit.core.checkpoint import load_model
-    from ditkit.api import resolve_model
-
     model, _ = load_model(resolve_model(src))
     return save_diffusers(model, out)
 

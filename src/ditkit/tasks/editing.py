@@ -3,8 +3,8 @@ under an edited prompt, inpainting (training-free and with an inpainting model),
 outpainting, image fusion and 2x upscaling, after Kandinsky 3's multifunctional framework.
 
 Everything here works on tensors in [-1, 1] and goes through the sampler contract
-`velocity(x, t)` (DESIGN.md), so every sampler, CFG/APG and the guidance interval apply
-unchanged. The PIL-level API (sizes, masks, paste-back) is in Pipeline (pipeline.py).
+`velocity(x, t)` (docs/architecture.md), so every sampler, CFG/APG and the guidance interval apply
+unchanged. The PIL-level tasks (sizes, masks, paste-back) are in tasks.pipeline_edit.
 
 - Variations (SDEdit, Meng et al. 2022): noise the image to t = strength on the flow path
   x_t = (1 - t) x0 + t eps and integrate back to t = 0.
@@ -28,8 +28,9 @@ import torch
 
 from ditkit.core.config import SampleConfig
 from ditkit.core.flow import interpolate
-from ditkit.core.guidance import APG, Velocity, guided_velocity, pad_contexts
+from ditkit.core.guidance import APG, Velocity, pad_contexts
 from ditkit.core.sampling import get_sampler, sample_euler, timesteps
+from ditkit.engine.velocity import prompt_velocity
 
 
 class TaskModel(torch.nn.Module):
@@ -87,14 +88,13 @@ def text_velocity(model: torch.nn.Module, encoder, prompts: Sequence[str], sampl
                   guidance: float | None = None, apg: APG | None = None, precision: str = "fp32",
                   cond: torch.Tensor | None = None, window: int | None = None,
                   context: tuple[torch.Tensor, torch.Tensor] | None = None) -> Velocity:
-    """The guided velocity for a batch of prompts (or a given text context), with an
-    optional image condition and windowing."""
-    device = next(model.parameters()).device
+    """The guided velocity (engine.velocity.prompt_velocity) for a batch of prompts (or a given
+    text context) at the settings' guidance and interval, with an optional image condition
+    and windowing (TaskModel)."""
     net = TaskModel(model, cond, window) if cond is not None or window is not None else model
-    c = context if context is not None else encoder.encode(list(prompts), device)
-    u = encoder.encode([""] * c[0].shape[0], device)
     scale = sample.guidance if guidance is None else guidance
-    return guided_velocity(net, c, u, scale, apg, (sample.interval_lo, sample.interval_hi), precision)
+    return prompt_velocity(net, encoder, prompts, scale, apg, (sample.interval_lo, sample.interval_hi), precision,
+                           context=context)
 
 
 def partial_schedule(sample: SampleConfig, strength: float) -> torch.Tensor:

@@ -1,31 +1,35 @@
-"""The editing methods of Pipeline (vary, edit, inpaint, outpaint, fuse, upscale): PIL in,
-PIL out. Sizes, masks and paste-back are handled here; the sampling is ditkit.tasks.editing."""
+"""The editing tasks at the image level (vary, edit, inpaint, outpaint, fuse, upscale): PIL
+in, PIL out, as plain functions over an engine (ditkit.engine.Engine: the model, its text
+encoder and default settings). Sizes, masks and paste-back are handled here; the sampling
+is ditkit.tasks.editing. Pipeline's methods of the same names call these."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ditkit.tasks import editing as tasks
 from ditkit.core.conditions import inpaint_condition, upscale_condition
-from ditkit.core.images import (ImageLike, check_strength, load_image, load_mask, mask_tensor, paste_kept, to_tensor,
-                     working_size)
+from ditkit.core.config import SampleConfig
+from ditkit.core.images import (ImageLike, check_strength, load_image, load_mask, mask_tensor, paste_kept, to_pil,
+                                to_tensor, working_size)
 from ditkit.core.sampling import get_sampler
 from ditkit.core.sampling import sample as integrate
-
-if TYPE_CHECKING:
-    from ditkit.api import Pipeline
+from ditkit.engine.generate import Engine, initial_noise
+from ditkit.tasks import editing as tasks
 
 INPAINT_METHODS = ("auto", "blend", "model")
 FUSE_MODES = ("pixels", "noise")
 FUSE_CONDITIONS = ("join", "mix")
 MAX_UPSCALE_INPUT = 512
+
+# A companion lookup: suffix ("inpaint") -> the engine of the embedded model <name>-<suffix>, or None.
+Companion = Callable[[str], "Engine | None"]
 
 
 def _int_amount(name: str, value) -> int:
@@ -40,236 +44,226 @@ def _int_amount(name: str, value) -> int:
     return v
 
 
-class EditMethods:
-    """Mixed into Pipeline: the editing tasks on the pipeline's model and sampler."""
+def task_settings(engine: Engine, kind: str, steps=None, guidance=None, sampler=None, shift=None,
+                  size=None) -> SampleConfig:
+    """Check that the engine's model can do a task ("text", "inpaint", "upscale": by its
+    condition channels) and return its sampling settings with the overrides."""
+    want = {"text": 0, "inpaint": 4, "upscale": 3}[kind]
+    have = engine.model.config.cond_channels
+    if have != want:
+        names = {0: "a text-to-image model (e.g. shapes-64)", 4: "an inpainting model (e.g. shapes-64-inpaint)",
+                 3: "an upscaling model (e.g. shapes-upscale)"}
+        raise ValueError(f"this task needs {names[want]}; {engine.source} is {names.get(have, 'another kind of model')}")
+    return engine.sample_config(steps=steps, guidance=guidance, sampler=sampler, size=size, shift=shift)
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _task_setup(self: "Pipeline", kind: str, steps=None, guidance=None, sampler=None, shift=None, size=None):
-        want = {"text": 0, "inpaint": 4, "upscale": 3}[kind]
-        have = self.model.config.cond_channels
-        if have != want:
-            names = {0: "a text-to-image model (e.g. shapes-64)", 4: "an inpainting model (e.g. shapes-64-inpaint)",
-                     3: "an upscaling model (e.g. shapes-upscale)"}
-            raise ValueError(f"this task needs {names[want]}; {self.source} is {names.get(have, 'another kind of model')}")
-        return self.sample_config(steps=steps, guidance=guidance, sampler=sampler, size=size, shift=shift)
 
-    def _noise(self: "Pipeline", n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-        from ditkit.api import initial_noise
+def _noise(engine: Engine, n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return initial_noise(n, shape, seed, engine.device)
 
-        return initial_noise(n, shape, seed, self.device)
 
-    def _to_pil(self, x: torch.Tensor) -> list[Image.Image]:
-        from ditkit.api import to_pil
+# -- variations and prompt edits -------------------------------------------------------------
+@torch.no_grad()
+def vary(engine: Engine, image: ImageLike, prompt: str = "", strength: float = 0.6, num_images: int = 1,
+         seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+         shift: float | None = None, precision: str = "fp32") -> list[Image.Image]:
+    """SDEdit variations of an image (with a prompt: text+image fusion, "add a red circle").
+    strength 0 keeps the image, 1 ignores it. Output at the model's size."""
+    s = check_strength(strength)
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    sample = task_settings(engine, "text", steps, guidance, sampler, shift)
+    im = load_image(image)
+    work = working_size(im.size, sample.size)
+    x0 = to_tensor(im, work).to(engine.device).repeat(num_images, 1, 1, 1)
+    eps = _noise(engine, num_images, tuple(x0.shape[1:]), seed)
+    vel = tasks.text_velocity(engine.model, engine.encoder, [prompt] * num_images, sample, precision=precision)
+    return to_pil(tasks.sdedit(vel, x0, eps, s, sample))
 
-        return to_pil(x)
 
-    def companion(self: "Pipeline", suffix: str) -> "Pipeline | None":
-        """The embedded model named <this model>-<suffix> (shapes-64 -> shapes-64-inpaint), if any."""
-        from ditkit.api import embedded_models, load
+@torch.no_grad()
+def edit(engine: Engine, image: ImageLike, source_prompt: str, prompt: str, strength: float = 1.0,
+         steps: int | None = None, guidance: float | None = None, shift: float | None = None,
+         precision: str = "fp32") -> Image.Image:
+    """Invert the image under source_prompt (the ODE from the image towards noise, to
+    t = strength) and re-generate it under prompt from there."""
+    t_max = check_strength(strength)
+    if t_max == 0:
+        raise ValueError("strength must be > 0 for an edit (0 would return the image unchanged)")
+    sample = task_settings(engine, "text", steps, guidance, "euler", shift)
+    im = load_image(image)
+    x0 = to_tensor(im, working_size(im.size, sample.size)).to(engine.device)
+    source = tasks.text_velocity(engine.model, engine.encoder, [source_prompt], sample, guidance=1.0,
+                                 precision=precision)
+    ts = tasks.partial_schedule(sample, t_max)
+    noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]))
+    target = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision)
+    return to_pil(get_sampler(sample.sampler)(target, noise, ts))[0]
 
-        name = f"{Path(self.source).name}-{suffix}"
-        if name not in embedded_models():
-            return None
-        cache = self.__dict__.setdefault("_companions", {})
-        if name not in cache:
-            cache[name] = load(name, device=self.device)
-        return cache[name]
 
-    # -- variations and prompt edits ---------------------------------------------------------
-    @torch.no_grad()
-    def vary(self: "Pipeline", image: ImageLike, prompt: str = "", strength: float = 0.6, num_images: int = 1,
-             seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-             shift: float | None = None, precision: str = "fp32") -> list[Image.Image]:
-        """SDEdit variations of an image (with a prompt: text+image fusion, "add a red circle").
-        strength 0 keeps the image, 1 ignores it. Output at the model's size."""
-        s = check_strength(strength)
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        sample = self._task_setup("text", steps, guidance, sampler, shift)
-        im = load_image(image)
-        work = working_size(im.size, sample.size)
-        x0 = to_tensor(im, work).to(self.device).repeat(num_images, 1, 1, 1)
-        eps = self._noise(num_images, tuple(x0.shape[1:]), seed)
-        vel = tasks.text_velocity(self.model, self.text_encoder, [prompt] * num_images, sample, precision=precision)
-        return self._to_pil(tasks.sdedit(vel, x0, eps, s, sample))
+# -- inpainting and outpainting ---------------------------------------------------------------
+def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt: str, method: str, seed: int,
+                    steps, guidance, sampler, shift, resample: int, precision: str, window: int | None,
+                    companion: Companion | None) -> torch.Tensor:
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"unknown inpainting method {method!r}; allowed: {', '.join(INPAINT_METHODS)}")
+    if resample < 0:
+        raise ValueError(f"resample must be >= 0, got {resample}")
+    use = engine
+    if method in ("auto", "model") and engine.model.config.cond_channels != 4:
+        use = companion("inpaint") if companion is not None else None
+        if use is None:
+            if method == "model":
+                raise ValueError(f"no inpainting model for {engine.source} (an embedded "
+                                 f"'{Path(engine.source).name}-inpaint'); use method 'blend' or load one")
+            use = engine
+    use_model = use.model.config.cond_channels == 4
+    if method == "blend" and engine.model.config.cond_channels != 0:
+        raise ValueError("method 'blend' needs a text-to-image model; this is a conditioned model")
+    sample = use.sample_config(steps=steps, guidance=guidance, sampler=sampler, shift=shift)
+    eps = _noise(engine, 1, tuple(x0.shape[1:]), seed)
+    if use_model:
+        vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision,
+                                  cond=inpaint_condition(x0, fill), window=window)
+        if resample:
+            return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+        return sample_with(vel, eps, sample)
+    vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision, window=window)
+    return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
 
-    @torch.no_grad()
-    def edit(self: "Pipeline", image: ImageLike, source_prompt: str, prompt: str, strength: float = 1.0,
-             steps: int | None = None, guidance: float | None = None, shift: float | None = None,
-             precision: str = "fp32") -> Image.Image:
-        """Invert the image under source_prompt (the ODE from the image towards noise, to
-        t = strength) and re-generate it under prompt from there."""
-        t_max = check_strength(strength)
-        if t_max == 0:
-            raise ValueError("strength must be > 0 for an edit (0 would return the image unchanged)")
-        sample = self._task_setup("text", steps, guidance, "euler", shift)
-        im = load_image(image)
-        x0 = to_tensor(im, working_size(im.size, sample.size)).to(self.device)
-        source = tasks.text_velocity(self.model, self.text_encoder, [source_prompt], sample, guidance=1.0,
-                                     precision=precision)
-        ts = tasks.partial_schedule(sample, t_max)
-        noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]))
-        target = tasks.text_velocity(self.model, self.text_encoder, [prompt], sample, precision=precision)
-        return self._to_pil(get_sampler(sample.sampler)(target, noise, ts))[0]
 
-    # -- inpainting and outpainting -----------------------------------------------------------
-    def _inpaint_tensor(self: "Pipeline", x0: torch.Tensor, fill: torch.Tensor, prompt: str, method: str, seed: int,
-                        steps, guidance, sampler, shift, resample: int, precision: str, window: int | None) -> torch.Tensor:
-        if method not in INPAINT_METHODS:
-            raise ValueError(f"unknown inpainting method {method!r}; allowed: {', '.join(INPAINT_METHODS)}")
-        if resample < 0:
-            raise ValueError(f"resample must be >= 0, got {resample}")
-        pipe = self
-        if method in ("auto", "model") and self.model.config.cond_channels != 4:
-            pipe = self.companion("inpaint")
-            if pipe is None:
-                if method == "model":
-                    raise ValueError(f"no inpainting model for {self.source} (an embedded "
-                                     f"'{Path(self.source).name}-inpaint'); use method 'blend' or load one")
-                pipe = self
-        use_model = pipe.model.config.cond_channels == 4
-        if method == "blend" and self.model.config.cond_channels != 0:
-            raise ValueError("method 'blend' needs a text-to-image model; this is a conditioned model")
-        sample = pipe.sample_config(steps=steps, guidance=guidance, sampler=sampler, shift=shift)
-        eps = self._noise(1, tuple(x0.shape[1:]), seed)
-        if use_model:
-            vel = tasks.text_velocity(pipe.model, pipe.text_encoder, [prompt], sample, precision=precision,
-                                      cond=inpaint_condition(x0, fill), window=window)
-            if resample:
-                return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
-            return sample_with(vel, eps, sample)
-        vel = tasks.text_velocity(pipe.model, pipe.text_encoder, [prompt], sample, precision=precision, window=window)
-        return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+@torch.no_grad()
+def inpaint(engine: Engine, image: ImageLike, mask: ImageLike, prompt: str = "", method: str = "auto",
+            seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+            shift: float | None = None, resample: int = 0, precision: str = "fp32",
+            companion: Companion | None = None) -> Image.Image:
+    """Fill the mask's white region. method: 'model' (the inpainting model: this one, or the
+    one `companion("inpaint")` returns), 'blend' (training-free, any model), 'auto' (model if
+    there is one). resample: RePaint resampling rounds per step. The output has the input's
+    size and its pixels outside the mask are the input's, byte for byte."""
+    im = load_image(image)
+    fill_full = load_mask(mask, im.size)
+    if fill_full.all():
+        warnings.warn("the mask covers the whole image: this is plain generation from the prompt")
+    side = engine.defaults.size
+    work = working_size(im.size, side)
+    x0 = to_tensor(im, work).to(engine.device)
+    fill = mask_tensor(fill_full, work).to(engine.device)
+    x = _inpaint_tensor(engine, x0, fill, prompt, method, seed, steps, guidance, sampler, shift, resample, precision,
+                        None, companion)
+    return paste_kept(to_pil(x)[0], im, fill_full)
 
-    @torch.no_grad()
-    def inpaint(self: "Pipeline", image: ImageLike, mask: ImageLike, prompt: str = "", method: str = "auto",
-                seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                shift: float | None = None, resample: int = 0, precision: str = "fp32") -> Image.Image:
-        """Fill the mask's white region. method: 'model' (the inpainting model, this one or the
-        embedded <name>-inpaint), 'blend' (training-free, any model), 'auto' (model if there is
-        one). resample: RePaint resampling rounds per step. The output has the input's size and
-        its pixels outside the mask are the input's, byte for byte."""
-        im = load_image(image)
-        fill_full = load_mask(mask, im.size)
-        if fill_full.all():
-            warnings.warn("the mask covers the whole image: this is plain generation from the prompt")
-        side = self.defaults.size
-        work = working_size(im.size, side)
-        x0 = to_tensor(im, work).to(self.device)
-        fill = mask_tensor(fill_full, work).to(self.device)
-        x = self._inpaint_tensor(x0, fill, prompt, method, seed, steps, guidance, sampler, shift, resample, precision, None)
-        return paste_kept(self._to_pil(x)[0], im, fill_full)
 
-    @torch.no_grad()
-    def outpaint(self: "Pipeline", image: ImageLike, prompt: str = "", left: int = 0, right: int = 0, top: int = 0,
-                 bottom: int = 0, method: str = "auto", seed: int = 0, steps: int | None = None,
-                 guidance: float | None = None, sampler: str | None = None, shift: float | None = None,
-                 resample: int = 0, precision: str = "fp32") -> Image.Image:
-        """Extend the canvas by the given pixels on each side (the new canvas at most twice the
-        image's width and height) and fill the new area. Canvases larger than the model's
-        size are sampled in overlapping windows. The original pixels are kept byte for byte."""
-        im = load_image(image)
-        w, h = im.size
-        l, r, t, b = (_int_amount(n, v) for n, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)))
-        if l + r + t + b == 0:
-            raise ValueError("outpaint needs at least one of left/right/top/bottom > 0")
-        if l + r > w or t + b > h:
-            raise ValueError(f"outpaint may at most double the image: left+right <= {w} and top+bottom <= {h}, "
-                             f"got {l + r} and {t + b}")
-        side, p = self.defaults.size, self.model.config.patch_size
-        f = side / max(w, h)  # the original's longer side becomes the model's size
-        ow, oh = max(1, round(w * f)), max(1, round(h * f))
-        ox, oy = round(l * f), round(t * f)
-        cw = math.ceil((ox + ow + r * f) / p) * p
-        ch = math.ceil((oy + oh + b * f) / p) * p
-        canvas = torch.zeros(1, 3, ch, cw)
-        canvas[..., oy:oy + oh, ox:ox + ow] = to_tensor(im, (ow, oh))
-        fill = torch.ones(1, 1, ch, cw)
-        fill[..., oy:oy + oh, ox:ox + ow] = 0
-        x = self._inpaint_tensor(canvas.to(self.device), fill.to(self.device), prompt, method, seed, steps, guidance,
-                                 sampler, shift, resample, precision, window=side)
-        gen = self._to_pil(x)[0]
-        # Back to the requested canvas: crop the rounding margin, scale to full resolution.
-        gen = gen.crop((0, 0, round((w + l + r) * f), round((h + t + b) * f))).resize((w + l + r, h + t + b), Image.BICUBIC)
-        fill_full = np.ones((h + t + b, w + l + r), bool)
-        fill_full[t:t + h, l:l + w] = False
-        original = Image.new("RGB", gen.size, (255, 255, 255))
-        original.paste(im, (l, t))
-        return paste_kept(gen, original, fill_full)
+@torch.no_grad()
+def outpaint(engine: Engine, image: ImageLike, prompt: str = "", left: int = 0, right: int = 0, top: int = 0,
+             bottom: int = 0, method: str = "auto", seed: int = 0, steps: int | None = None,
+             guidance: float | None = None, sampler: str | None = None, shift: float | None = None,
+             resample: int = 0, precision: str = "fp32", companion: Companion | None = None) -> Image.Image:
+    """Extend the canvas by the given pixels on each side (the new canvas at most twice the
+    image's width and height) and fill the new area. Canvases larger than the model's
+    size are sampled in overlapping windows. The original pixels are kept byte for byte."""
+    im = load_image(image)
+    w, h = im.size
+    l, r, t, b = (_int_amount(n, v) for n, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)))
+    if l + r + t + b == 0:
+        raise ValueError("outpaint needs at least one of left/right/top/bottom > 0")
+    if l + r > w or t + b > h:
+        raise ValueError(f"outpaint may at most double the image: left+right <= {w} and top+bottom <= {h}, "
+                         f"got {l + r} and {t + b}")
+    side, p = engine.defaults.size, engine.model.config.patch_size
+    f = side / max(w, h)  # the original's longer side becomes the model's size
+    ow, oh = max(1, round(w * f)), max(1, round(h * f))
+    ox, oy = round(l * f), round(t * f)
+    cw = math.ceil((ox + ow + r * f) / p) * p
+    ch = math.ceil((oy + oh + b * f) / p) * p
+    canvas = torch.zeros(1, 3, ch, cw)
+    canvas[..., oy:oy + oh, ox:ox + ow] = to_tensor(im, (ow, oh))
+    fill = torch.ones(1, 1, ch, cw)
+    fill[..., oy:oy + oh, ox:ox + ow] = 0
+    x = _inpaint_tensor(engine, canvas.to(engine.device), fill.to(engine.device), prompt, method, seed, steps,
+                        guidance, sampler, shift, resample, precision, side, companion)
+    gen = to_pil(x)[0]
+    # Back to the requested canvas: crop the rounding margin, scale to full resolution.
+    gen = gen.crop((0, 0, round((w + l + r) * f), round((h + t + b) * f))).resize((w + l + r, h + t + b), Image.BICUBIC)
+    fill_full = np.ones((h + t + b, w + l + r), bool)
+    fill_full[t:t + h, l:l + w] = False
+    original = Image.new("RGB", gen.size, (255, 255, 255))
+    original.paste(im, (l, t))
+    return paste_kept(gen, original, fill_full)
 
-    # -- fusion ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fuse(self: "Pipeline", image_a: ImageLike, image_b: ImageLike, alpha: float = 0.5, prompt: str | None = None,
-             prompt_a: str = "", prompt_b: str = "", mode: str = "pixels", condition: str = "join",
-             strength: float | None = None,
-             seed: int = 0, steps: int | None = None, guidance: float | None = None, shift: float | None = None,
-             precision: str = "fp32") -> Image.Image:
-        """One image carrying content of both A and B (alpha 0 is A, 1 is B), regenerated under
-        `prompt`, or else under both prompts: condition "join" (default) puts the token states
-        of prompt_a and prompt_b side by side, "mix" interpolates them with alpha.
 
-        mode "pixels" (default): multiply-blend the images (tasks.multiply_blend: on light
-        backgrounds both contents survive) and re-generate from t = strength (default 0.5),
-        SDEdit-style. mode "noise": invert A and B under their prompts to t = strength
-        (default 1, pure noise), interpolate the noises spherically and regenerate; it
-        measured far lower on the shapes world (docs/editing.md)."""
-        a = float(alpha)
-        if not 0 <= a <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if mode not in FUSE_MODES:
-            raise ValueError(f"unknown fusion mode {mode!r}; allowed: {', '.join(FUSE_MODES)}")
-        t_max = check_strength(strength if strength is not None else (0.5 if mode == "pixels" else 1.0))
-        if t_max == 0:
-            raise ValueError("strength must be > 0 for fusion")
-        sample = self._task_setup("text", steps, guidance, "euler", shift)
-        enc = self.text_encoder
-        xs = []
-        for img, what in ((image_a, "image A"), (image_b, "image B")):
-            im = load_image(img, what)
-            xs.append(to_tensor(im, working_size(im.size, sample.size, what)).to(self.device))
-        if condition not in FUSE_CONDITIONS:
-            raise ValueError(f"unknown fusion condition {condition!r}; allowed: {', '.join(FUSE_CONDITIONS)}")
-        if prompt is not None:
-            context = enc.encode([prompt], self.device)
-        elif condition == "join":
-            context = tasks.join_contexts(enc.encode([prompt_a], self.device), enc.encode([prompt_b], self.device))
-        else:
-            context = tasks.mix_contexts(enc.encode([prompt_a], self.device), enc.encode([prompt_b], self.device), a)
-        vel = tasks.text_velocity(self.model, enc, [], sample, precision=precision, context=context)
-        if mode == "pixels":
-            mixed = tasks.multiply_blend(xs[0], xs[1], a)
-            return self._to_pil(tasks.sdedit(vel, mixed, self._noise(1, tuple(mixed.shape[1:]), seed), t_max, sample))[0]
-        ts = tasks.partial_schedule(sample, t_max)
-        noises = [tasks.invert(tasks.text_velocity(self.model, enc, [pr], sample, guidance=1.0, precision=precision),
-                               x, len(ts) - 1, float(ts[0])) for x, pr in zip(xs, (prompt_a, prompt_b))]
-        noise = tasks.slerp(noises[0], noises[1], a)
-        return self._to_pil(get_sampler(sample.sampler)(vel, noise, ts))[0]
+# -- fusion ----------------------------------------------------------------------------------
+@torch.no_grad()
+def fuse(engine: Engine, image_a: ImageLike, image_b: ImageLike, alpha: float = 0.5, prompt: str | None = None,
+         prompt_a: str = "", prompt_b: str = "", mode: str = "pixels", condition: str = "join",
+         strength: float | None = None, seed: int = 0, steps: int | None = None, guidance: float | None = None,
+         shift: float | None = None, precision: str = "fp32") -> Image.Image:
+    """One image carrying content of both A and B (alpha 0 is A, 1 is B), regenerated under
+    `prompt`, or else under both prompts: condition "join" (default) puts the token states
+    of prompt_a and prompt_b side by side, "mix" interpolates them with alpha.
 
-    # -- upscaling ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def upscale(self: "Pipeline", image: ImageLike, prompt: str = "", seed: int = 0, steps: int | None = None,
-                guidance: float | None = None, sampler: str | None = None, precision: str = "fp32") -> Image.Image:
-        """2x super-resolution with an upscaling model (e.g. shapes-upscale, trained 32->64 and
-        64->128). Inputs with sides not a multiple of 4 are resized to one (with a warning);
-        inputs over 512 px are refused. Outputs larger than 2x the training size are sampled
-        in overlapping windows."""
-        sample = self._task_setup("upscale", steps, guidance, sampler)
-        im = load_image(image)
-        w, h = im.size
-        if max(w, h) > MAX_UPSCALE_INPUT:
-            raise ValueError(f"image of {w}x{h} is too large to upscale (at most {MAX_UPSCALE_INPUT} px a side); "
-                             "downscale it first")
-        q = self.model.config.patch_size // 2
-        ww, hh = max(q, int(w / q + 0.5) * q), max(q, int(h / q + 0.5) * q)
-        if (ww, hh) != (w, h):
-            warnings.warn(f"image of {w}x{h} resized to {ww}x{hh} (sides must be multiples of {q})")
-        low = to_tensor(im, (ww, hh)).to(self.device)
-        cond = upscale_condition(low)
-        eps = self._noise(1, tuple(cond.shape[1:]), seed)
-        window = 2 * self.model.config.sample_size
-        vel = tasks.text_velocity(self.model, self.text_encoder, [prompt], sample, precision=precision, cond=cond,
-                                  window=window)
-        return self._to_pil(sample_with(vel, eps, sample))[0]
+    mode "pixels" (default): multiply-blend the images (tasks.multiply_blend: on light
+    backgrounds both contents survive) and re-generate from t = strength (default 0.5),
+    SDEdit-style. mode "noise": invert A and B under their prompts to t = strength
+    (default 1, pure noise), interpolate the noises spherically and regenerate; it
+    measured far lower on the shapes world (docs/editing.md)."""
+    a = float(alpha)
+    if not 0 <= a <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if mode not in FUSE_MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; allowed: {', '.join(FUSE_MODES)}")
+    t_max = check_strength(strength if strength is not None else (0.5 if mode == "pixels" else 1.0))
+    if t_max == 0:
+        raise ValueError("strength must be > 0 for fusion")
+    sample = task_settings(engine, "text", steps, guidance, "euler", shift)
+    enc, device = engine.encoder, engine.device
+    xs = []
+    for img, what in ((image_a, "image A"), (image_b, "image B")):
+        im = load_image(img, what)
+        xs.append(to_tensor(im, working_size(im.size, sample.size, what)).to(device))
+    if condition not in FUSE_CONDITIONS:
+        raise ValueError(f"unknown fusion condition {condition!r}; allowed: {', '.join(FUSE_CONDITIONS)}")
+    if prompt is not None:
+        context = enc.encode([prompt], device)
+    elif condition == "join":
+        context = tasks.join_contexts(enc.encode([prompt_a], device), enc.encode([prompt_b], device))
+    else:
+        context = tasks.mix_contexts(enc.encode([prompt_a], device), enc.encode([prompt_b], device), a)
+    vel = tasks.text_velocity(engine.model, enc, [], sample, precision=precision, context=context)
+    if mode == "pixels":
+        mixed = tasks.multiply_blend(xs[0], xs[1], a)
+        return to_pil(tasks.sdedit(vel, mixed, _noise(engine, 1, tuple(mixed.shape[1:]), seed), t_max, sample))[0]
+    ts = tasks.partial_schedule(sample, t_max)
+    noises = [tasks.invert(tasks.text_velocity(engine.model, enc, [pr], sample, guidance=1.0, precision=precision),
+                           x, len(ts) - 1, float(ts[0])) for x, pr in zip(xs, (prompt_a, prompt_b))]
+    noise = tasks.slerp(noises[0], noises[1], a)
+    return to_pil(get_sampler(sample.sampler)(vel, noise, ts))[0]
+
+
+# -- upscaling -------------------------------------------------------------------------------
+@torch.no_grad()
+def upscale(engine: Engine, image: ImageLike, prompt: str = "", seed: int = 0, steps: int | None = None,
+            guidance: float | None = None, sampler: str | None = None, precision: str = "fp32") -> Image.Image:
+    """2x super-resolution with an upscaling model (e.g. shapes-upscale, trained 32->64 and
+    64->128). Inputs with sides not a multiple of 4 are resized to one (with a warning);
+    inputs over 512 px are refused. Outputs larger than 2x the training size are sampled
+    in overlapping windows."""
+    sample = task_settings(engine, "upscale", steps, guidance, sampler)
+    im = load_image(image)
+    w, h = im.size
+    if max(w, h) > MAX_UPSCALE_INPUT:
+        raise ValueError(f"image of {w}x{h} is too large to upscale (at most {MAX_UPSCALE_INPUT} px a side); "
+                         "downscale it first")
+    q = engine.model.config.patch_size // 2
+    ww, hh = max(q, int(w / q + 0.5) * q), max(q, int(h / q + 0.5) * q)
+    if (ww, hh) != (w, h):
+        warnings.warn(f"image of {w}x{h} resized to {ww}x{hh} (sides must be multiples of {q})")
+    low = to_tensor(im, (ww, hh)).to(engine.device)
+    cond = upscale_condition(low)
+    eps = _noise(engine, 1, tuple(cond.shape[1:]), seed)
+    window = 2 * engine.model.config.sample_size
+    vel = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision, cond=cond,
+                              window=window)
+    return to_pil(sample_with(vel, eps, sample))[0]
 
 
 def sample_with(velocity, noise: torch.Tensor, settings) -> torch.Tensor:
@@ -290,4 +284,5 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-__all__: Sequence[str] = ("EditMethods", "INPAINT_METHODS", "bicubic_upscale", "psnr")
+__all__: Sequence[str] = ("FUSE_CONDITIONS", "FUSE_MODES", "INPAINT_METHODS", "bicubic_upscale", "edit", "fuse", "inpaint",
+                          "outpaint", "psnr", "task_settings", "upscale", "vary")

@@ -1,49 +1,57 @@
-"""The training loop: plain PyTorch, one file.
+"""The `ditkit train` recipe: rectified-flow training of a DiT on the shapes world or digits.
 
-Rectified-flow training (SD3 recipe: logit-normal times, v-prediction MSE)
-with AdamW, linear warmup, gradient clipping, EMA, bf16 autocast, classifier-
-free caption dropout, atomic periodic checkpoints and exact resume.
+SD3's recipe (logit-normal times, v-prediction MSE) with classifier-free caption dropout,
+optional Stable Target Field targets and a cosine-similarity regularizer; the optimizer
+steps (AdamW with parameter groups, warmup, clipping, EMA, exact resume, log, checkpoints,
+progress, time budget) are the one loop of training/loop.py.
 
-Exact resume: the batch, caption dropout, noise and times of step k are drawn
-from generators seeded by (seed, k) alone, not from a running RNG stream, so
-a run killed at any point and resumed from its last checkpoint replays the
-same data and the same loss sequence as an uninterrupted run.
-
-The loop is written so a DDP/FSDP wrapper can slot in later: the model is
-used through `net` and each process would draw its own step-seeded shard.
+Exact resume: the batch, caption dropout, noise and times of step k are drawn from
+generators seeded by (seed, k) alone, not from a running RNG stream, so a run killed at
+any point and resumed from its last checkpoint replays the same data and the same loss
+sequence as an uninterrupted run. The periodic ShapesEval / digit accuracy of the EMA
+model is why training sits above evaluation in the layers (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ditkit.core.checkpoint import STATE_FILE, load_train_state, save_model, save_train_state
+from ditkit.core.checkpoint import (STATE_FILE, _load_tensors, load_weights_into, read_model_config, save_model)
 from ditkit.core.conditions import check_task, downsample, inpaint_condition, inpaint_training_masks, upscale_condition
-from ditkit.core.config import Config
-from ditkit.data import make_batch
+from ditkit.core.config import Config, DiTConfig
 from ditkit.core.encoders import get_text_encoder
 from ditkit.core.flow import (flow_loss, interpolate, posterior_mean_x0, sample_time_logit_normal,
-                   velocity_target_from_x0_estimate)
-from ditkit.core.guidance import autocast_for
-from ditkit.core.model import DiT, count_parameters
+                              velocity_target_from_x0_estimate)
+from ditkit.core.model import DiT, count_parameters, load_base_weights
 from ditkit.core.precision import training_precision
+from ditkit.data import make_batch
+from ditkit.data.shapes import make_scene_batch, reference_images
+from ditkit.evaluation.evaluate import digits_eval, shapes_eval
+from ditkit.training.loop import NonFiniteLoss, TrainingLoop, TrainSettings, step_generator, training_autocast
+from ditkit.training.loop import lr_at as schedule_lr_at
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator that depends only on (seed, step, stream)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+def settings_from(cfg: Config, progress: bool = False) -> TrainSettings:
+    """The loop settings of a training config."""
+    tc = cfg.train
+    return TrainSettings(steps=tc.steps, lr=tc.lr, warmup_steps=tc.warmup_steps, cooldown_steps=tc.cooldown_steps,
+                         cooldown_fraction=tc.cooldown_fraction, weight_decay=tc.weight_decay, betas=(0.9, 0.999),
+                         grad_clip=tc.grad_clip, ema_decay=tc.ema_decay, ema_warmup=True, log_every=tc.log_every,
+                         checkpoint_every=tc.checkpoint_every, time_budget_s=tc.time_budget_s, progress=progress,
+                         label="train")
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """The learning rate of step `step` under cfg.train (the loop's warmup-stable-decay schedule)."""
+    return schedule_lr_at(step, settings_from(cfg))
 
 
 def step_size(cfg: Config, step: int) -> int:
@@ -58,8 +66,6 @@ def step_batch(cfg: Config, step: int) -> dict:
     task, size = cfg.train.task, step_size(cfg, step)
     scenes = None
     if task == "inpaint" and cfg.data.dataset == "shapes":
-        from ditkit.data.shapes import make_scene_batch
-
         x0, scenes = make_scene_batch(cfg.train.seed, step, cfg.train.batch_size, size, cfg.data.mix)
         captions = [sc.caption for sc in scenes]
     else:
@@ -97,11 +103,9 @@ def stable_target(cfg: Config, step: int, x0: torch.Tensor, captions: list[str],
     Why: at high t a single x0 is a very noisy target. For "a red circle to the left of a
     blue square" near t = 1 the best prediction is the mean of all such scenes, and what
     the relation word adds to it is small beside the spread of one random layout
-    (benchmarks/relation_sensitivity.py: 0.0069 against 0.23 per element), so the
+    (research/relation_sensitivity.py: 0.0069 against 0.23 per element), so the
     gradient that would teach the word drowns. The estimate has the same expectation
     (consistent as the set grows) and far less variance where the layout is decided."""
-    from ditkit.data.shapes import reference_images
-
     estimate = x0.clone()
     for i in torch.nonzero(t >= cfg.train.stf_min_t).flatten().tolist():
         rng = np.random.default_rng([cfg.train.seed, step, 3, i])
@@ -138,44 +142,6 @@ def batch_stream(cfg: Config, start: int, end: int, device: torch.device):
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.train.num_workers,
                                             worker_init_fn=_worker_init, prefetch_factor=4,
                                             pin_memory=device.type == "cuda"))
-
-
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup, then constant (DiT, PixArt), then an optional linear cooldown
-    to zero over the last `cooldown_steps` (the warmup-stable-decay schedule of
-    Hu et al. 2024, MiniCPM): a run can stay at a constant rate for as long as
-    compute allows and still end annealed."""
-    tc = cfg.train
-    lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
-    cooldown = tc.cooldown_steps or int(tc.cooldown_fraction * tc.steps)
-    if cooldown > 0:
-        lr *= min(1.0, max(0.0, (tc.steps - step) / cooldown))
-    return lr
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    # One fused call over all tensors (hundreds of small kernels otherwise, which dominate on a GPU).
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """Warm-up of the EMA decay (as in timm / Karras): early checkpoints are not dominated by the random init."""
-    return min(decay, (1 + step) / (10 + step))
-
-
-@contextmanager
-def training_autocast(precision: str, device: torch.device) -> Iterator[None]:
-    """The sampler's autocast (guidance.autocast_for) plus, under bf16 on CPU, the
-    plain 'math' attention kernel: for our short sequences its bf16 backward is
-    ~3x faster than the fused CPU kernel's (benchmarks/model_speed.py --profile),
-    about 13% of a training step."""
-    with autocast_for(precision, device):
-        if precision == "bf16" and device.type == "cpu":
-            with sdpa_kernel([SDPBackend.MATH]):
-                yield
-        else:
-            yield
 
 
 def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.device,
@@ -235,10 +201,10 @@ def _truncate_log(path: Path, last_step: int) -> None:
 
 
 def plot_loss_curve(log_path: Path, out_png: Path) -> None:
-    import matplotlib
+    import matplotlib  # why here: optional and slow to import; only checkpoints draw the curve
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # why here: after matplotlib.use("Agg")
 
     rows = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
@@ -281,15 +247,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = DiT(cfg.model).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.999),
-                            fused=device.type == "cuda")
+    settings = settings_from(cfg, progress)
+    loop = TrainingLoop(DiT(cfg.model).to(device), settings)
     start = 0
     if cfg.train.init_from and not (resume and state_path.exists()):
-        _init_from(model, ema, cfg)
+        _init_from(loop.model, loop.ema, cfg)
     if resume and state_path.exists():
-        start = load_train_state(out, model, ema, opt)
+        start = loop.resume(out)
         _truncate_log(out / "log.jsonl", start)
     (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
     # On a GPU the encoder runs there too (the few thousand distinct captions are cached either way).
@@ -298,59 +262,35 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
         raise ValueError(f"text encoder {cfg.text_encoder!r} gives {encoder.dim}-dim states but model.text_dim is {cfg.model.text_dim}")
     # A fresh start (no checkpoint yet) rewrites the log: a run killed before its first checkpoint replays from 0.
     log = (out / "log.jsonl").open("a" if start > 0 else "w")
-    bar = _progress(progress, cfg.train.steps, start)
-    model.train()
-    loss_val, t_last, n_since = float("nan"), time.time(), 0
+    loop.model.train()
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
     if start == 0:
-        log.write(json.dumps({"step": 0, "params": count_parameters(model)}) + "\n")
-    budget = _TimeBudget(cfg, start)
+        log.write(json.dumps({"step": 0, "params": count_parameters(loop.model)}) + "\n")
     stream = batch_stream(cfg, start, end, device)
+
+    def budget_cut(steps: int) -> None:  # the time budget lowered the step count: record it
+        cfg.train.steps = steps
+        (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def evaluate(done: int) -> None:
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0:
+            _eval_into_log(out, done, loop.ema, encoder, cfg, log)
+
     try:
-        for step in range(start, end):
-            if step >= cfg.train.steps:  # the time budget cut the run
-                end = step
-                _checkpoint(out, end, model, ema, opt, cfg)
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            loss = training_loss(model, cfg, encoder, step, device, batch=next(stream))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            update_ema(ema, model, ema_decay_at(step, cfg.train.ema_decay))
-            loss_val = float(loss.detach())
-            n_since += 1
-            done = step + 1
-            if on_step:
-                on_step(done, loss_val)
-            if not math.isfinite(loss_val):
-                raise RuntimeError(f"loss became {loss_val} at step {done}; last checkpoint kept in {out}")
-            if done % cfg.train.log_every == 0 or done == end:
-                now = time.time()
-                log.write(json.dumps({"step": done, "loss": loss_val, "lr": lr_at(step, cfg), "grad_norm": float(gnorm),
-                                      "sec_per_step": (now - t_last) / n_since, "time": now}) + "\n")
-                log.flush()
-                t_last, n_since = now, 0
-            if done % cfg.train.checkpoint_every == 0 or done == end:
-                _checkpoint(out, done, model, ema, opt, cfg)
-            if cfg.train.eval_every and done % cfg.train.eval_every == 0:
-                _eval_into_log(out, done, ema, encoder, cfg, log)
-            if budget.update(done, cfg):
-                (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
-                log.write(json.dumps({"step": done, "time_budget_steps": cfg.train.steps}) + "\n")
-                bar.set_total(cfg.train.steps)
-            bar.update(done, loss_val)
+        result = loop.run(lambda step: training_loss(loop.net, cfg, encoder, step, device, batch=next(stream)),
+                          start=start, end=end, log=log, checkpoint=lambda done: _checkpoint(out, done, loop, cfg),
+                          on_step=(lambda done, loss, stats: on_step(done, loss)) if on_step else None,
+                          after_step=evaluate, on_budget=budget_cut)
+    except NonFiniteLoss as e:
+        raise RuntimeError(f"{e}; last checkpoint kept in {out}") from None
     finally:
         # Stop the data workers before the process exits (an abandoned loader's pin-memory
         # thread can die noisily at interpreter shutdown).
         shutdown = getattr(stream, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-        bar.close()
         log.close()
-    return {"step": end, "loss": loss_val}
+    return {"step": result.steps, "loss": result.loss}
 
 
 def _init_from(model: DiT, ema: DiT, cfg: Config) -> None:
@@ -358,9 +298,6 @@ def _init_from(model: DiT, ema: DiT, cfg: Config) -> None:
     the text-to-image base of an inpainting / upscaling model (only cond_channels differ):
     its input convolutions are widened with zeros (model.load_base_weights); or a RoPE model
     that this config turns into positions="rope+abs" (the new map stays at its zero init)."""
-    from ditkit.core.checkpoint import _load_tensors, load_weights_into, read_model_config
-    from ditkit.core.model import DiTConfig, load_base_weights
-
     folder = Path(cfg.train.init_from)
     # Through the dataclass, so keys an older config.json lacks read as their defaults.
     other = DiTConfig.from_dict(read_model_config(folder)["model"]).to_dict()
@@ -380,9 +317,9 @@ def _init_from(model: DiT, ema: DiT, cfg: Config) -> None:
     ema.load_state_dict(model.state_dict())
 
 
-def _checkpoint(out: Path, step: int, model, ema, opt, cfg: Config) -> None:
-    save_train_state(out, step, model, ema, opt, cfg)
-    save_model(out / "model", ema, sample=cfg.sample, text_encoder=cfg.text_encoder,
+def _checkpoint(out: Path, step: int, loop: TrainingLoop, cfg: Config) -> None:
+    loop.save_state(out, step, cfg)
+    save_model(out / "model", loop.ema, sample=cfg.sample, text_encoder=cfg.text_encoder,
                extra={"trained_steps": step, "data": cfg.data.__dict__})
     try:
         plot_loss_curve(out / "log.jsonl", out / "loss.png")
@@ -394,8 +331,6 @@ def _eval_into_log(out: Path, step: int, ema, encoder, cfg: Config, log) -> None
     """The dataset's benchmark on the EMA weights at the model's default sampling settings:
     ShapesEval for the shapes world, the judge's digit accuracy for digits."""
     try:
-        from ditkit.evaluation.evaluate import digits_eval, shapes_eval
-
         t0 = time.time()
         if cfg.data.dataset == "digits":
             res = digits_eval(ema, encoder, cfg.sample, per_digit=cfg.train.eval_per_category, seed=1234)
@@ -408,67 +343,3 @@ def _eval_into_log(out: Path, step: int, ema, encoder, cfg: Config, log) -> None
     except Exception:
         log.write(json.dumps({"step": step, "eval_error": traceback.format_exc(limit=2)}) + "\n")
         log.flush()
-
-
-class _TimeBudget:
-    """train.time_budget_s: measure seconds per step in this call (data, logging, checkpoints
-    and evals included) and cut train.steps to what fits. The estimate is made after `probe`
-    steps and refined every `probe` steps until the warmup-stable-decay cooldown
-    (cooldown_fraction) begins; the cooldown then follows the new end."""
-
-    probe = 200
-
-    def __init__(self, cfg: Config, start: int):
-        self.enabled = cfg.train.time_budget_s > 0
-        self.start, self.t0 = start, time.time()
-        self.t_probe: float | None = None
-
-    def update(self, done: int, cfg: Config) -> bool:
-        if not self.enabled:
-            return False
-        tc = cfg.train
-        if time.time() - self.t0 > tc.time_budget_s:  # over budget (a slow start, long evals): end here
-            self.enabled, tc.steps = False, done
-            return True
-        if done - self.start == 20:  # skip the first steps (worker start, kernel selection)
-            self.t_probe = time.time()
-            return False
-        if self.t_probe is None or (done - self.start - 20) % self.probe:
-            return False
-        cooldown = tc.cooldown_steps or int(tc.cooldown_fraction * tc.steps)
-        if done + self.probe >= tc.steps - cooldown:
-            self.enabled = False  # the decay has begun (or is about to): keep its end fixed
-            return False
-        rate = (time.time() - self.t_probe) / (done - self.start - 20)
-        left = tc.time_budget_s - (time.time() - self.t0)
-        new = max(done, min(tc.steps, done + int(0.98 * left / rate)))
-        changed, tc.steps = new != tc.steps, new
-        return changed
-
-
-class _progress:
-    """A rich progress bar on stderr (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from ditkit.core.progress import stderr_console
-
-            self.p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                              TimeRemainingColumn(), console=stderr_console(), transient=False)
-            self.p.start()
-            self.task = self.p.add_task("train", total=total, completed=start, loss="-")
-
-    def set_total(self, total: int) -> None:
-        if self.p:
-            self.p.update(self.task, total=total)
-
-    def update(self, done: int, loss: float) -> None:
-        if self.p:
-            self.p.update(self.task, completed=done, loss=f"{loss:.4f}")
-
-    def close(self) -> None:
-        if self.p:
-            self.p.stop()

@@ -1,9 +1,9 @@
 """Where a model puts the two objects of ShapesEval's position prompts: for each image whose
 two named objects are both detected, the component of their offset along the asked relation
-(SHAPES.md's position rule: > 0.5 holds, < -0.5 is the opposite relation, between is "beside").
+(docs/shapes-world.md's position rule: > 0.5 holds, < -0.5 is the opposite relation, between is "beside").
 A model that ignores the relation word spreads these evenly over [-1, 1].
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/position_errors.py --model shapes-64 --num 50 --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python research/position_errors.py --model shapes-64 --num 50 --threads 2
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 
 import ditkit
 from ditkit.data import shapes
+from ditkit.evaluation.shapes_detector import detect
+from ditkit.evaluation.shapes_scoring import best_relation, matches
 
 
 def relation_components(images, captions) -> tuple[list[float], int]:
@@ -24,13 +26,13 @@ def relation_components(images, captions) -> tuple[list[float], int]:
     comps, missing = [], 0
     for image, caption in zip(images, captions):
         parsed = shapes.parse_caption(caption)
-        dets = shapes.detect(image)
-        firsts, seconds = (shapes._matches(dets, clause) for clause in parsed["clauses"])
+        dets = detect(image)
+        firsts, seconds = (matches(dets, clause) for clause in parsed["clauses"])
         if not firsts or not seconds:
             missing += 1
             continue
         # The best pair, as the evaluator takes it; -inf (every pair on top of each other) has no direction.
-        best = shapes._best_relation(dets, parsed)
+        best = best_relation(dets, parsed)
         comps.append(best if math.isfinite(best) else 0.0)
     return comps, missing
 

@@ -1,7 +1,7 @@
 """How much of a block's update a token-wise affine stand-in can explain, and whether richer
 affine stand-ins would explain more (issue: linearity analysis and pruning).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/standin_r2.py --blocks 1,4,5,7 --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python research/standin_r2.py --blocks 1,4,5,7 --threads 1
 
 For each block, fits Y ≈ F(X) W + b by least squares on held-out forward-noised data (the
 inputs of ditkit.accel.prune.fit_linear_maps, twice as many batches) and reports R² of the block's

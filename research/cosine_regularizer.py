@@ -7,7 +7,7 @@ flow-matching loss, ShapesEval, and the mean per-block scores of `ditkit analyze
         --set train.steps=2500 --set train.warmup_steps=200 --set train.cooldown_steps=600 \\
         --set train.eval_every=0 --set train.precision=fp32 --set train.cosine_reg=$w \\
         --set train.output_dir=runs/cosreg-$w; done
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/cosine_regularizer.py runs/cosreg-0 runs/cosreg-0.05 runs/cosreg--0.05 --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python research/cosine_regularizer.py runs/cosreg-0 runs/cosreg-0.05 runs/cosreg--0.05 --threads 2
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ can carry. If the oracle lifts a category, a model that predicts E[x0 | caption]
 lift it too, which is what `train.pure_noise_fraction` trains for. If it does not, the
 layout is lost later, and training at t = 1 cannot fix it.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/first_step_oracle.py --model shapes-64 --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python research/first_step_oracle.py --model shapes-64 --threads 2
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import torch
 
 import ditkit
 from ditkit.data import shapes
+from ditkit.evaluation.shapes_scoring import evaluate
 from ditkit.core.guidance import guided_velocity
-from ditkit.api import initial_noise, to_pil
+from ditkit.core.images import to_pil
+from ditkit.engine import initial_noise
 from ditkit.core.sampling import get_sampler, pure_noise_prior, timesteps
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     runs = (("model", 0),) * (not args.skip_model) + (("oracle", args.oracle_scenes),)
     for name, scenes in runs:
         images = sample(pipe, prompts, seeds, scenes, args.oracle_until, args.batch, args.seed)
-        result[name] = shapes.evaluate(images, prompts, categories)["categories"]
+        result[name] = evaluate(images, prompts, categories)["categories"]
     print(json.dumps(result, indent=1))
 
 

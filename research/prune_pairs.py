@@ -1,8 +1,8 @@
 """Joint ablation of block pairs: the validation flow-matching loss increase when two blocks
 are skipped together (single-block ablation scores can miss how removals interact).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/prune_pairs.py --threads 2
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/prune_pairs.py --threads 2 --linear --shapes 10 --seed 1
+    OMP_NUM_THREADS=2 .venv/bin/python research/prune_pairs.py --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python research/prune_pairs.py --threads 2 --linear --shapes 10 --seed 1
 
 --linear puts the paper's fitted linear stand-ins (ditkit prune --replace-linear) in place
 of the two blocks instead of skipping them. --shapes N also scores ShapesEval (N prompts

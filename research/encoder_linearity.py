@@ -2,7 +2,7 @@
 English: the shipped all-MiniLM-L6-v2 by default, on sentences of Python's own
 documentation (pydoc_data.topics ships with every CPython, so nothing is downloaded).
 
-    python benchmarks/encoder_linearity.py --sentences 2000
+    python research/encoder_linearity.py --sentences 2000
 
 Prints one row per layer transition: linearity, linearity with the residual removed,
 block influence and update norm ratio, and the token count (the least-squares fit

@@ -1,7 +1,7 @@
 """Average the weights of several recoveries of the same pruned model (a uniform model soup,
 Wortsman et al., ICML 2022) and score the average on ShapesEval.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prune_soup.py shapes-64-pruned runs/p17-trajhi-ts1 --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python research/prune_soup.py shapes-64-pruned runs/p17-trajhi-ts1 --threads 1
 
 The models must share one architecture (the same blocks removed or replaced); they differ
 only in their recovery data. Prints one JSON line.

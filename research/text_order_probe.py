@@ -10,7 +10,7 @@ object the one on the left? That is the conjunction of the clause and the relati
 it reads whether the encoder binds the relation to each object in the token state itself,
 where a cross-attention key (a linear map of one token state) could use it.
 
-    .venv/bin/python benchmarks/text_order_probe.py
+    .venv/bin/python research/text_order_probe.py
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 
 def main() -> None:
     encoder = get_text_encoder()
-    captions = shapes._all_captions("position")
+    captions = shapes.all_captions("position")
     states, _ = encoder.encode(captions)
     colors = set(shapes.PALETTE)
     feats, clause, color, left = [], [], [], []

@@ -1,7 +1,7 @@
 """Ways to fit the linear stand-ins of `ditkit prune --replace-linear`, scored before any recovery
 (issue: linearity analysis and pruning).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/standin_fits.py --variant {noised,noised_u,traj,noised_seq} --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python research/standin_fits.py --variant {noised,noised_u,traj,noised_seq} --threads 1
 
 Variants (each a least-squares token-wise affine map per block, as ditkit.accel.prune.fit_linear_maps):
 - noised: the shipped fit (forward-noised held-out data, captioned, logit-normal times);
@@ -12,7 +12,7 @@ Variants (each a least-squares token-wise affine map per block, as ditkit.accel.
   earlier blocks are already replaced, against the original's outputs (so a stand-in also
   corrects the error upstream of it).
 Prints one JSON line (validation loss, ShapesEval per --seeds SEED:PER_CATEGORY) and appends it
-to runs/standin_fit.jsonl.
+to --log (default runs/standin_fit.jsonl).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main():
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", default="1:25,0:50")
+    p.add_argument("--log", default="runs/standin_fit.jsonl", help="JSON lines file the result is appended to")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     pipe = ditkit.load("shapes-64")
@@ -103,7 +104,7 @@ def main():
         print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(row), flush=True)
     Path("runs").mkdir(exist_ok=True)
-    with open("runs/standin_fit.jsonl", "a") as f:
+    with open(a.log, "a") as f:
         f.write(json.dumps(row) + "\n")
 
 

@@ -2,10 +2,10 @@
 shapes-64 chosen by measured ablation, recover with one recipe of ditkit.accel.prune.recovery_tune,
 and score ShapesEval on the same prompts and seeds as the unpruned model.
 
-    python benchmarks/prune_recovery.py --k 2 --steps 0                       # no recovery
-    python benchmarks/prune_recovery.py --k 2 --times uniform --decay --lr 3e-4
-    python benchmarks/prune_recovery.py --k 2 --batch 8 --guidance 4 --times uniform --decay --lr 3e-4
-    python benchmarks/prune_recovery.py --k 2 --feature 1 --times uniform --decay
+    python research/prune_recovery.py --k 2 --steps 0                       # no recovery
+    python research/prune_recovery.py --k 2 --times uniform --decay --lr 3e-4
+    python research/prune_recovery.py --k 2 --batch 8 --guidance 4 --times uniform --decay --lr 3e-4
+    python research/prune_recovery.py --k 2 --feature 1 --times uniform --decay
 
 Each run prints one JSON line and appends it to --log (default runs/prune_recovery.jsonl).
 The unpruned model's score and the ablation order are computed once and cached in --cache.
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--model", default="shapes-64")
     p.add_argument("--k", type=int, default=2, help="blocks to remove (chosen by measured ablation)")
     p.add_argument("--blocks", help="remove exactly these blocks (comma-separated; overrides --k), e.g. a pair "
-                                    "chosen by benchmarks/prune_pairs.py")
+                                    "chosen by research/prune_pairs.py")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)

@@ -5,7 +5,7 @@ drawn badly), the right shape but the wrong color, or neither. A model that cann
 spreads the detected numbers; one that draws the right number of blobs but malformed ones
 shows right-color-wrong-shape detections instead.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/counting_errors.py --model shapes-64 --num 50 --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python research/counting_errors.py --model shapes-64 --num 50 --threads 2
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import collections
 import json
 
-from position_errors import category_images  # benchmarks/ is on sys.path when run as a script
+from position_errors import category_images  # research/ is on sys.path when run as a script
 
 from ditkit.data import shapes
+from ditkit.evaluation.shapes_detector import detect
 
 
 def tally(images, captions) -> dict:
@@ -25,7 +26,7 @@ def tally(images, captions) -> dict:
     correct = 0
     for image, caption in zip(images, captions):
         (clause,) = shapes.parse_caption(caption)["clauses"]
-        dets = shapes.detect(image)
+        dets = detect(image)
         found = sum(1 for d in dets if d.color == clause["color"] and d.shape == clause["shape"])
         confusion[str(clause["count"])][str(found)] += 1
         correct += found == clause["count"] and len(dets) == found

@@ -17,7 +17,7 @@ same real scenes and noise, so a few hundred images give a clear answer:
    the mean squared distance of each relation's mean image (scenes drawn by the generator
    for "a red circle RELATION a blue square") from the mean over the four relations.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/relation_sensitivity.py --model shapes-64 --threads 2
+    OMP_NUM_THREADS=2 .venv/bin/python research/relation_sensitivity.py --model shapes-64 --threads 2
 """
 
 from __future__ import annotations

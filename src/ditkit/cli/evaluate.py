@@ -1,0 +1,198 @@
+"""`ditkit eval shapes|digits|fwd|edit`: the benchmarks (ditkit.evaluation; best-of-N curves
+from ditkit.accel.scaling). The verbs check arguments, call the evaluation and print JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ditkit.accel.scaling import digits_best_of_eval, get_verifier, save_best_of_outputs, shapes_best_of_eval
+from ditkit.api import Pipeline, load
+from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, check_out_dir, check_sampling_args,
+                               generation_kwargs, int_list, load_pipeline, positive_int, read_prompts_file)
+from ditkit.core.config import SampleConfig
+from ditkit.core.guidance import APG
+from ditkit.core.progress import progress_bar, progress_callback
+from ditkit.data import digits
+from ditkit.engine.cache import parse_cache_spec
+from ditkit.evaluation.edit_eval import EDIT_TASKS, edit_eval, save_edit_outputs
+from ditkit.evaluation.evaluate import benchmark_prompts_for, digits_eval, digits_fwd, shapes_eval
+from ditkit.evaluation.fwd import fwd_from_statistics, fwd_statistics, statistics_of
+from ditkit.evaluation.outputs import save_digits_outputs, save_eval_outputs, save_fwd_outputs
+
+UPSCALER = "shapes-upscale"  # the upscaling model `eval edit` measures
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a model")
+    e.set_defaults(handler=_no_benchmark)
+    esub = e.add_subparsers(dest="benchmark", parser_class=CliParser)
+    es = esub.add_parser("shapes", help="ShapesEval: GenEval's rules on the shapes world")
+    es.add_argument("--per-category", type=positive_int("--per-category"), default=50)
+    es.add_argument("--out-dir", help="save images, grid.png, scores.png, results.json and report.md here")
+    es.add_argument("--best-of", type=int_list("--best-of"),
+                    help="inference-time scaling: comma-separated N values, e.g. 1,2,4,8,16")
+    es.add_argument("--verifier", default="shapes", help="with --best-of: shapes, digits or module:function")
+    add_sampling_args(es)
+    add_debug(es)
+    es.set_defaults(handler=cmd_eval_shapes)
+
+    ed = esub.add_parser("digits", help="the real-data digits benchmark: judge accuracy and FWD")
+    ed.add_argument("--per-digit", type=positive_int("--per-digit"), default=50)
+    ed.add_argument("--out-dir", help="save images, plots, results.json and report.md here")
+    ed.add_argument("--best-of", type=int_list("--best-of"), help="comma-separated N values, e.g. 1,2,4,8")
+    ed.add_argument("--verifier", default="digits", help="with --best-of: digits or module:function")
+    ed.add_argument("--no-fwd", action="store_true", help="skip FWD against the real test split")
+    add_sampling_args(ed)
+    ed.set_defaults(model="digits-32")
+    add_debug(ed)
+    ed.set_defaults(handler=cmd_eval_digits)
+
+    ef = esub.add_parser("fwd", help="Frechet Wavelet Distance between two image folders, or a model and a folder")
+    ef.add_argument("dirs", nargs="*", help="DIR_A DIR_B (image folders or saved .npz statistics)")
+    ef.add_argument("--reference", help="with --model: reference image folder or .npz statistics")
+    ef.add_argument("--num", type=positive_int("--num"), default=500, help="with --model: images to generate")
+    ef.add_argument("--prompts-file", help="with --model: prompts to cycle through (default: the model's benchmark)")
+    ef.add_argument("--level", type=positive_int("--level"), default=4, help="wavelet packet level (4: 256 packets)")
+    ef.add_argument("--save-stats", help="save the statistics of the first set (DIR_A or the model's images) to .npz")
+    ef.add_argument("--out-dir", help="save results.json and report.md here")
+    add_sampling_args(ef)
+    ef.set_defaults(model=None)
+    add_debug(ef)
+    ef.set_defaults(handler=cmd_eval_fwd)
+
+    ee = esub.add_parser("edit", help="measure the editing tasks on the shapes world (JSON + report)")
+    ee.add_argument("--tasks", default="inpaint,outpaint,vary,fuse,upscale",
+                    help="comma-separated: inpaint, outpaint, vary, fuse, upscale")
+    ee.add_argument("--num", type=positive_int("--num"), default=50, help="cases per task (default 50)")
+    ee.add_argument("--out-dir", help="save results.json, report.md and example grids here")
+    ee.add_argument("--model", default="shapes-64")
+    ee.add_argument("--seed", type=int, default=0)
+    ee.add_argument("--device", default="cpu")
+    add_debug(ee)
+    ee.set_defaults(handler=cmd_eval_edit)
+
+
+def _no_benchmark(args: argparse.Namespace) -> int:
+    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit")
+
+
+def _eval_setup(args: argparse.Namespace) -> tuple[Pipeline, SampleConfig]:
+    """Check an eval command's arguments, load its model: (pipeline, sampling settings)."""
+    check_sampling_args(args)
+    check_out_dir(args.out_dir)
+    pipe = load_pipeline(args)
+    return pipe, pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift,
+                                    args.apg or None, args.guidance_interval, args.prior_until, args.prior_model)
+
+
+def cmd_eval_shapes(args: argparse.Namespace) -> int:
+    pipe, sample = _eval_setup(args)
+    if args.best_of:
+        get_verifier(args.verifier)
+        n = 4 * args.per_category * sample.steps * max(args.best_of)
+        with progress_bar("eval shapes best-of-N", n) as cb:
+            result = shapes_best_of_eval(pipe.model, pipe.text_encoder, sample, args.best_of, args.per_category,
+                                         args.seed, args.verifier, precision=args.precision, callback=progress_callback(cb))
+        if args.out_dir:
+            save_best_of_outputs(result, args.out_dir, "ShapesEval against best-of-N", args.command_line)
+        print(json.dumps({"model": pipe.source, "seconds_per_image": result["seconds_per_image"],
+                          "rows": [{"best_of": r["best_of"], **r["result"]} for r in result["rows"]]}, indent=2))
+        return 0
+    n = 4 * args.per_category * sample.steps
+    with progress_bar("eval shapes", n) as cb:
+        result = shapes_eval(pipe.model, pipe.text_encoder, sample, args.per_category, args.seed,
+                             APG() if sample.apg else None, args.precision, callback=progress_callback(cb),
+                             return_images=bool(args.out_dir), cache=parse_cache_spec(args.cache, pipe.source))
+    if args.out_dir:
+        save_eval_outputs(result, args.out_dir, args.command_line)
+    summary = {k: v for k, v in result.items() if k not in ("images", "prompts")}
+    summary["model"] = pipe.source
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval_digits(args: argparse.Namespace) -> int:
+    pipe, sample = _eval_setup(args)
+    if sample.size != digits.SIZE:
+        raise UserError(f"the digits benchmark is at {digits.SIZE}x{digits.SIZE}; got size {sample.size}")
+    if args.best_of:
+        result = digits_best_of_eval(pipe.model, pipe.text_encoder, sample, args.best_of, args.per_digit, args.seed,
+                                     args.verifier, precision=args.precision)
+        if args.out_dir:
+            save_best_of_outputs(result, args.out_dir, "Digit accuracy against best-of-N", args.command_line)
+        print(json.dumps({"model": pipe.source, "seconds_per_image": result["seconds_per_image"],
+                          "rows": [{"best_of": r["best_of"], "accuracy": r["result"]["accuracy"]} for r in result["rows"]]},
+                         indent=2))
+        return 0
+    result = digits_eval(pipe.model, pipe.text_encoder, sample, args.per_digit, args.seed, args.precision,
+                         return_images=True)
+    if not args.no_fwd:
+        result["fwd"] = digits_fwd(result["images"])
+    if args.out_dir:
+        save_digits_outputs(result, args.out_dir, args.command_line)
+    summary = {k: v for k, v in result.items() if k not in ("images", "prompts", "predicted")}
+    summary["model"] = pipe.source
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval_fwd(args: argparse.Namespace) -> int:
+    check_out_dir(args.out_dir)
+    if args.save_stats and not args.save_stats.endswith(".npz"):
+        raise UserError(f"--save-stats needs a .npz path, got {args.save_stats!r}")
+    if args.model:
+        if args.dirs:
+            raise UserError("with --model give --reference DIR, not positional folders")
+        if not args.reference:
+            raise UserError("--model needs --reference DIR (image folder or .npz statistics)")
+        check_sampling_args(args)
+        ref = statistics_of(args.reference, args.level)
+        pipe = load_pipeline(args)
+        if args.prompts_file:
+            prompts = read_prompts_file(args.prompts_file)
+        else:
+            prompts = benchmark_prompts_for((pipe.config.get("data") or {}).get("dataset"))
+            if prompts is None:
+                raise UserError("this model has no built-in benchmark prompts; give --prompts-file")
+        prompts = [prompts[i % len(prompts)] for i in range(args.num)]
+        steps = pipe.sample_config(args.steps).steps
+        with progress_bar("generate", args.num * steps) as cb:
+            images = pipe.generate(prompts, callback=progress_callback(cb), **generation_kwargs(args, pipe))
+        first = fwd_statistics(np.stack([np.asarray(im.convert("RGB")) for im in images]), level=args.level)
+        names = (f"{pipe.source} ({args.num} generated)", args.reference)
+    else:
+        if len(args.dirs) != 2:
+            raise UserError("give two image folders (or .npz statistics): ditkit eval fwd DIR_A DIR_B, "
+                            "or --model M --reference DIR")
+        first, ref = statistics_of(args.dirs[0], args.level), statistics_of(args.dirs[1], args.level)
+        names = tuple(args.dirs)
+    distance = fwd_from_statistics(first, ref)
+    if args.save_stats:
+        first.save(args.save_stats)
+    result = {"fwd": distance, "a": names[0], "b": names[1], "level": args.level, "n_a": first.n, "n_b": ref.n}
+    if args.out_dir:
+        save_fwd_outputs(result, args.out_dir, args.command_line)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_eval_edit(args: argparse.Namespace) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in EDIT_TASKS]
+    if bad or not tasks:
+        raise ValueError(f"unknown edit tasks {bad or tasks}; allowed: {', '.join(EDIT_TASKS)}")
+    check_out_dir(args.out_dir)
+    pipe = load(args.model, device=args.device)
+    upscaler = load(UPSCALER, device=args.device).engine if "upscale" in tasks else None
+    # the tasks take a companion lookup that returns engines (suffix -> engine or None)
+    companion = lambda suffix: getattr(pipe.companion(suffix), "engine", None)  # noqa: E731
+    results, examples = edit_eval(pipe.engine, tasks, n=args.num, seed=args.seed, companion=companion,
+                                  upscaler=upscaler)
+    if args.out_dir:
+        save_edit_outputs(results, examples, Path(args.out_dir), command=getattr(args, "command_line", ""))
+    print(json.dumps(results, indent=2))
+    return 0

@@ -1,0 +1,169 @@
+"""The engine: a model with its text encoder and the models derived from it, and the one
+path from a GenerationRequest to images.
+
+    engine = Engine(model, encoder, defaults=sample_config, source="path/to/model")
+    x = engine.generate(GenerationRequest.from_sample(prompts, engine.defaults, seed=0))  # (N, C, H, W)
+
+generate: check the request -> per batch, the guided velocity of its prompts
+(engine.velocity.prompt_velocity, with a cache policy and the pure-noise prior around it)
+-> the sampler -> the images in [-1, 1]. The int8 copy (core.precision) and prior models
+(SampleConfig.prior_model) are loaded once per Engine under a lock, so one engine can serve
+requests from many threads; all per-generation state (APG momentum, cache residuals) lives
+in closures built per batch, never on the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence
+
+import torch
+
+from ditkit.core.checkpoint import load_model, resolve_model
+from ditkit.core.config import SampleConfig
+from ditkit.core.encoders import TextEncoder
+from ditkit.core.guidance import Velocity
+from ditkit.core.precision import model_for
+from ditkit.core.sampling import StepInfo, get_sampler, pure_noise_prior, timesteps
+from ditkit.engine.cache import CachedModel, parse_cache_spec
+from ditkit.engine.request import CacheFactory, CacheSetting, GenerationRequest, sample_settings, seed_list
+from ditkit.engine.velocity import prompt_velocity
+
+# The user callback gets the sampler's StepInfo ({step, steps, t, x, x0} of the current batch)
+# plus progress over the whole request: done and total in image-steps, and index, the position
+# of the batch's first image among the request's images.
+ProgressCallback = Callable[[dict], None]
+
+
+def initial_noise(n: int, shape: tuple[int, ...], seed: int | Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """Noise (n, *shape) for n images; image i uses a generator seeded with seed + i (or seed[i]
+    when a list of seeds is given), so an image does not depend on its batch."""
+    seeds = seed_list(n, seed)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+
+
+def load_prior(name_or_path: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The layout-prior model of SampleConfig.prior_model, checked against the main model: it
+    must take the same image channels and text states (it sees the same noise and caption)."""
+    try:
+        folder = resolve_model(name_or_path)
+    except ValueError as e:
+        raise ValueError(f"prior model: {e}") from None
+    prior, _ = load_model(folder, device)
+    mine, theirs = model.config, prior.config
+    for key in ("in_channels", "out_channels", "text_dim"):
+        if getattr(mine, key) != getattr(theirs, key):
+            raise ValueError(f"prior model {name_or_path!r} has {key}={getattr(theirs, key)}, "
+                             f"the model {getattr(mine, key)}: they must match")
+    return prior.eval()
+
+
+class Engine:
+    """A model, its text encoder (or a zero-argument function that loads it on first use), its
+    default sampling settings and its folder (for "smooth:calibrated"), with the models derived
+    from it loaded once."""
+
+    def __init__(self, model: torch.nn.Module, encoder: TextEncoder | Callable[[], TextEncoder],
+                 defaults: SampleConfig | None = None, source: str | None = None):
+        self.model = model
+        self.defaults = defaults if defaults is not None else SampleConfig()
+        self.source = source
+        loaded = hasattr(encoder, "encode")  # an encoder, or else the function that loads one
+        self._encoder: TextEncoder | None = encoder if loaded else None
+        self._load_encoder = None if loaded else encoder
+        self._priors: dict[str, torch.nn.Module] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = self._load_encoder()
+        return self._encoder
+
+    def sample_config(self, steps=None, guidance=None, sampler=None, size=None, shift=None, apg=None,
+                      interval=None, prior_until=None, prior_model=None) -> SampleConfig:
+        """The default sampling settings with overrides (request.sample_settings)."""
+        return sample_settings(self.defaults, steps, guidance, sampler, size, shift, apg, interval,
+                               prior_until, prior_model)
+
+    def runner(self, precision: str) -> torch.nn.Module:
+        """The module that runs at a precision: the model, or its int8 copy (made once per weights)."""
+        return model_for(self.model, precision)
+
+    def prior(self, name_or_path: str) -> torch.nn.Module:
+        """The prior model of SampleConfig.prior_model, loaded on first use and kept."""
+        with self._lock:
+            if name_or_path not in self._priors:
+                self._priors[name_or_path] = load_prior(name_or_path, self.model, self.device)
+            return self._priors[name_or_path]
+
+    def cache_factory(self, cache: CacheSetting) -> CacheFactory | None:
+        """A request's cache setting as a factory of fresh policies (a spec string is parsed
+        against this engine's model folder) or None."""
+        return parse_cache_spec(cache, self.source) if isinstance(cache, str) else cache
+
+    def generate(self, request: GenerationRequest, callback: ProgressCallback | None = None) -> torch.Tensor:
+        """Sample one image per prompt. Returns (N, C, size, size) in [-1, 1] (unclamped)."""
+        model = self.model
+        request.check_for(model)
+        make_cache = self.cache_factory(request.cache)
+        schedule = getattr(make_cache, "schedule", None)
+        if schedule is not None:
+            schedule.check(request.steps, request.sampler, len(model.blocks))
+        runner = self.runner(request.precision)
+        prior = self.prior(request.prior_model) if request.prior_model else None
+        if schedule is not None and request.uses_prior:
+            raise ValueError("a calibrated cache schedule (smooth:...) counts the main model's steps from the first, and "
+                             "prior steps (prior_until, prior_model) skip the first ones: use first-block caching or no prior")
+        sampler = get_sampler(request.sampler)
+        ts = timesteps(request.steps, request.shift)
+        prompts, b = request.prompts, request.batch_size
+        noise = initial_noise(len(prompts), (model.config.in_channels, request.size, request.size), request.seeds,
+                              self.device)
+        outs, total, done = [], len(prompts) * request.steps, 0
+        for i in range(0, len(prompts), b):
+            chunk = list(prompts[i:i + b])
+            net = CachedModel(runner, make_cache()) if make_cache else runner
+            velocity = self.batch_velocity(request, chunk, net, prior)
+            report = _progress(callback, done, len(chunk), total, i) if callback else None
+            outs.append(sampler(velocity, noise[i:i + len(chunk)], ts, report))
+            done += len(chunk) * request.steps
+        return torch.cat(outs)
+
+    def batch_velocity(self, request: GenerationRequest, prompts: Sequence[str], net: torch.nn.Module,
+                       prior: torch.nn.Module | None) -> Velocity:
+        """The velocity a batch of prompts is sampled with: CFG/APG in the guidance interval,
+        with the first steps from a pure-noise prediction where the request asks for them."""
+        # int8 runs its quantized Linear layers without autocast
+        precision = "fp32" if request.precision == "int8" else request.precision
+        velocity = prompt_velocity(net, self.encoder, prompts, request.guidance, request.apg,
+                                   request.guidance_interval, precision)
+        if request.uses_prior:
+            at_one = prompt_velocity(prior, self.encoder, prompts, request.guidance, precision=precision) \
+                if prior is not None else None
+            velocity = pure_noise_prior(velocity, request.prior_until, at_one)
+        return velocity
+
+
+def _progress(callback: ProgressCallback, done: int, batch: int, total: int, index: int) -> Callable[[StepInfo], None]:
+    """The sampler callback of one batch: its StepInfo plus the request's progress."""
+    def report(info: StepInfo) -> None:
+        callback({**info, "done": done + info["step"] * batch, "total": total, "index": index})
+
+    return report
+
+
+def generate_tensor(model: torch.nn.Module, encoder: TextEncoder, prompts: Sequence[str], sample: SampleConfig,
+                    seed: int | Sequence[int] = 0, apg=None, guidance_interval: tuple[float, float] | None = None,
+                    precision: str = "fp32", batch_size: int = 16, callback: ProgressCallback | None = None,
+                    cache: CacheSetting = None) -> torch.Tensor:
+    """generate for a bare model and sampling settings (a one-off Engine: a prior model is
+    loaded per call; keep an Engine to load it once). APG applies only where sample.apg is set."""
+    request = GenerationRequest.from_sample(prompts, sample, seed, apg, guidance_interval, precision, batch_size, cache)
+    return Engine(model, encoder, sample).generate(request, callback)

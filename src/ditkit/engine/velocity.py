@@ -1,0 +1,35 @@
+"""Prompts -> a guided velocity closure: the one place that encodes a batch of prompts and
+the empty prompt and builds the CFG/APG velocity of core.guidance around a model.
+
+Every caller that samples from text (the engine's generate, the editing tasks, analysis,
+pruning recovery, distillation, reflow) takes its velocity from here."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ditkit.core.guidance import APG, Context, Velocity, guided_velocity
+
+
+def encode_with_empty(encoder, prompts: Sequence[str], device: torch.device) -> tuple[Context, Context]:
+    """(cond, uncond) text contexts for a batch: the prompts' states and masks, and the empty
+    prompt's repeated once per prompt (the unconditional branch of CFG)."""
+    cond = encoder.encode(list(prompts), device)
+    uncond = encoder.encode([""] * len(prompts), device)
+    return cond, uncond
+
+
+def prompt_velocity(model: torch.nn.Module, encoder, prompts: Sequence[str], guidance: float,
+                    apg: APG | None = None, interval: tuple[float, float] = (0.0, 1.0),
+                    precision: str = "fp32", context: Context | None = None) -> Velocity:
+    """The guided velocity v(x: (B, C, H, W), t) for B prompts (or a given text context of
+    batch B, e.g. a mix of two prompts' states), CFG at `guidance` (APG if given) inside
+    `interval`. `model` is any callable with the DiT's signature (a cache or task wrapper)."""
+    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else None
+    if context is None:
+        cond, uncond = encode_with_empty(encoder, prompts, device)
+    else:
+        cond, uncond = context, encoder.encode([""] * context[0].shape[0], device)
+    return guided_velocity(model, cond, uncond, guidance, apg, interval, precision)
