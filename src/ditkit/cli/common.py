@@ -16,7 +16,7 @@ from typing import Callable
 
 from ditkit.accel.scaling import default_verifier, get_verifier
 from ditkit.api import Pipeline, load
-from ditkit.core.checkpoint import atomic_write
+from ditkit.core.files import atomic_write
 from ditkit.core.precision import check_precision
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.engine.cache import parse_cache_spec

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ditkit.core.config import Config, SampleConfig, _from_dict
+from ditkit.core.files import atomic_write, atomic_write_bytes
 from ditkit.core.model import DiT, DiTConfig
 
 MODEL_FILE = "model.safetensors"
@@ -49,52 +49,6 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return path
     raise ValueError(f"unknown model {name!r}: not an embedded model ({', '.join(embedded_models()) or 'none'}) "
                      "and not a model folder")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable across power loss (the directory entry is data too)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-READABLE = 0o644  # mkstemp creates 0600 files; a saved model, image or report is meant to be shared
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None], durable: bool = False,
-                 suffix: str | None = None) -> None:
-    """Write a file by calling write(tmp_path) next to the target, then renaming it into place,
-    so a failure never leaves a partial file. durable: fsync the file and its folder (for
-    checkpoints). The temporary name keeps the target's suffix (or `suffix`), so writers
-    that pick the format from the extension (PIL, matplotlib) see the right one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=path.suffix if suffix is None else suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        if durable:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, READABLE)
-        os.replace(tmp, path)
-        if durable:
-            _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=True, suffix=".tmp")
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

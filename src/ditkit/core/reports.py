@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ditkit.core.checkpoint import atomic_write
+from ditkit.core.files import atomic_write
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ditkit.core.checkpoint import atomic_write
+from ditkit.core.files import atomic_write
 from ditkit.core.images import to_pil
 from ditkit.data.shapes import PALETTE, SHAPE_NAMES, ShapeObject, benchmark_prompts, object_caption, render, sample_scene
 from ditkit.engine import Engine, GenerationRequest

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ditkit.core.checkpoint import atomic_write
+from ditkit.core.files import atomic_write
 
 ImageBatch = Union[np.ndarray, torch.Tensor]
 Images = Union[ImageBatch, Iterable[ImageBatch]]
