@@ -14,9 +14,7 @@ Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
