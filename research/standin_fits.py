@@ -28,14 +28,14 @@ import torch
 import ditkit
 from ditkit.evaluation.evaluate import shapes_eval
 from ditkit.core.flow import interpolate
-from ditkit.accel.prune import (_fixed_batches, block_io_rows, fit_linear_maps, remove_blocks, solve_affine,
-                          teacher_trajectories, validation_loss)
+from ditkit.accel.prune import (block_io_rows, fit_linear_maps, fixed_batches, remove_blocks, solve_affine,
+                                teacher_trajectories, validation_loss)
 
 
 def noised_inputs(enc, data, uncond, batches=4):
     """fit_linear_maps's held-out forward-noised batches (same seed), optionally also without captions."""
     out = []
-    for x0, eps, t, ctx, mask in _fixed_batches(enc, data["dataset"], data["size"], batches, 32, 80_001, torch.device("cpu")):
+    for x0, eps, t, ctx, mask in fixed_batches(enc, data["dataset"], data["size"], batches, 32, 80_001, torch.device("cpu")):
         xt = interpolate(x0, eps, t)
         out.append((xt, t, ctx, mask))
         if uncond:

@@ -25,7 +25,7 @@ import torch
 
 import ditkit
 from ditkit.core.flow import interpolate
-from ditkit.accel.prune import _fixed_batches, block_io_rows, solve_affine
+from ditkit.accel.prune import block_io_rows, fixed_batches, solve_affine
 
 FEATURES = ("x", "x, 4 time bins", "x + token mean", "x + position", "x + token mean + caption", "all")
 
@@ -33,7 +33,7 @@ FEATURES = ("x", "x, 4 time bins", "x + token mean", "x + position", "x + token 
 def batches(enc, data, seed: int, n: int):
     """(model inputs, per-image t, per-image mean-pooled caption embedding) of n held-out batches."""
     inputs, ts, caps = [], [], []
-    for x0, eps, t, ctx, mask in _fixed_batches(enc, data["dataset"], data["size"], n, 32, seed, torch.device("cpu")):
+    for x0, eps, t, ctx, mask in fixed_batches(enc, data["dataset"], data["size"], n, 32, seed, torch.device("cpu")):
         inputs.append((interpolate(x0, eps, t), t, ctx, mask))
         keep = mask.float().unsqueeze(-1) if mask is not None else torch.ones(ctx.shape[:2] + (1,))
         ts.append(t)

@@ -435,3 +435,121 @@ def test_plots_of_hidden_states_and_errors(tmp_path):
     with pytest.raises(ValueError, match="allowed: linearity"):
         plot_heatmap(fake_result(), "cosine", tmp_path / "h.png")
     assert not math.isnan(analysis.linearity_score(h.reshape(-1, 4), h.reshape(-1, 4)))
+
+
+# ----------------------------------------------------------------------------
+# analyze_model: `ditkit analyze` as a library call
+# ----------------------------------------------------------------------------
+
+def test_analyze_model_is_what_the_cli_prints_and_analyze_dit_measures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import ditkit
+    from ditkit.analysis.calibration import default_calibration_prompts
+    from ditkit.analysis.report import analyze_model
+    from conftest import run_cli, save_perturbed_model
+
+    folder = save_perturbed_model(tmp_path / "m", SampleConfig(steps=2, guidance=2.0, size=32), depth=2)
+    summary = analyze_model(folder, tmp_path / "lib", num_timesteps=2, ablation=False)
+    code, stdout, _ = run_cli(["analyze", folder, "--timesteps", 2, "--no-ablation", "-o", tmp_path / "cli"], capsys)
+    assert code == 0
+    printed = json.loads(stdout)
+    assert printed == {**summary, "output": str(tmp_path / "cli")}
+    assert (json.loads((tmp_path / "lib" / "analysis.json").read_text())
+            == json.loads((tmp_path / "cli" / "analysis.json").read_text()))
+    # the default calibration prompts are the dataset's, sampled at the model's own settings
+    pipe = ditkit.load(folder)
+    direct = analyze_dit(pipe.model, pipe.text_encoder, default_calibration_prompts("shapes"), 2, sample=pipe.defaults)
+    assert summary["mean"] == direct["mean"] and summary["blocks"] == 2
+    report = (tmp_path / "lib" / "report.md").read_text()
+    assert "analyze_model(" in report and "Ablation truth" not in report
+    assert not (tmp_path / "lib" / "ablation.json").exists()
+
+
+def test_analyze_model_checks_its_inputs_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
+    from ditkit.analysis import report
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the analysis ran before the inputs were checked")
+
+    monkeypatch.setattr(report, "analyze_dit", no_work)
+    out = tmp_path / "out"
+    afile = tmp_path / "a.txt"
+    afile.write_text("keep")
+    for kwargs, needle in [
+        (dict(prompts=["a red circle"]), "ablation truth needs the model's training data"),  # tiny: no dataset
+        (dict(ablation=False), "no default calibration prompts"),
+        (dict(num_timesteps=0), "num_timesteps must be >= 1"),
+        (dict(ablation_eval=-1), "ablation_eval"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            report.analyze_model(tiny_model_dir, out, **kwargs)
+        assert not out.exists()
+    with pytest.raises(ValueError, match="is a file"):
+        report.analyze_model(tiny_model_dir, afile, ablation=False)
+    with pytest.raises(ValueError, match="parent folder"):
+        report.analyze_model(tiny_model_dir, tmp_path / "no" / "out", ablation=False)
+    assert afile.read_text() == "keep"
+
+
+def test_cli_analyze_output_must_be_a_folder(tiny_model_dir, tmp_path, capsys):
+    from conftest import assert_one_line_error, run_cli
+
+    afile = tmp_path / "a.txt"
+    afile.write_text("keep")
+    code, _, err = run_cli(["analyze", tiny_model_dir, "--no-ablation", "-o", afile], capsys)
+    assert_one_line_error(code, err, "-o/--output", "must be a folder")
+    assert "--out-dir" not in err and afile.read_text() == "keep"
+    code, _, err = run_cli(["analyze", tiny_model_dir, "--no-ablation", "-o", tmp_path / "no" / "out"], capsys)
+    assert_one_line_error(code, err, "parent folder of -o/--output")
+
+
+def test_cli_cache_calibrate_checks_the_output_folder_before_the_work(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from ditkit.api import Pipeline
+    from conftest import assert_one_line_error, run_cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("calibrated before checking where the schedule goes")
+
+    monkeypatch.setattr(Pipeline, "calibrate_cache", no_work)
+    code, _, err = run_cli(["cache-calibrate", tiny_model_dir, "--steps", 2, "-o", tmp_path / "nodir" / "s.json"], capsys)
+    assert_one_line_error(code, err, "parent folder of -o/--output", "nodir")
+    assert ".tmp" not in err and not (tmp_path / "nodir").exists()
+
+
+def test_analyze_diffusers_folder_without_diffusers_log_noise(tmp_path):
+    """diffusers logs the config keys it ignores while loading; `ditkit analyze` keeps it quiet
+    (and leaves diffusers' own verbosity as it found it)."""
+    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("matplotlib")
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    from ditkit.analysis.report import analyze_model
+
+    model = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                               out_channels=8, num_layers=2, cross_attention_dim=16,
+                                               caption_channels=12, sample_size=8, patch_size=2, norm_num_groups=1)
+    model.save_pretrained(tmp_path / "pixart")
+    cfg_path = tmp_path / "pixart" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "a_key_from_elsewhere": 1}))
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers")  # diffusers' library root: its loggers end here
+    diffusers_logger.addHandler(handler)
+    level = diffusers_logging.get_verbosity()
+    try:
+        diffusers_logging.set_verbosity_warning()
+        # the control: loaded directly, this folder makes diffusers warn
+        diffusers.PixArtTransformer2DModel.from_pretrained(str(tmp_path / "pixart"), low_cpu_mem_usage=False)
+        assert any("a_key_from_elsewhere" in r.getMessage() for r in records)
+        records.clear()
+        summary = analyze_model(tmp_path / "pixart", tmp_path / "out", num_timesteps=2)
+        assert summary["blocks"] == 2
+        assert [r.getMessage() for r in records] == []
+        assert diffusers_logging.get_verbosity() == logging.WARNING
+    finally:
+        diffusers_logger.removeHandler(handler)
+        diffusers_logging.set_verbosity(level)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ditkit.core import checkpoint as ckpt
+from ditkit.core import files
 from ditkit.core.checkpoint import (CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model, load_train_state, save_model,
                                save_train_state)
 from ditkit.core.config import Config, SampleConfig
@@ -145,9 +146,9 @@ def test_failed_json_write_leaves_no_temporary(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "fsync", failing_fsync)
+    monkeypatch.setattr(files.os, "fsync", failing_fsync)  # the durable write every checkpoint file takes
     with pytest.raises(OSError):
-        ckpt.atomic_write_bytes(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
@@ -229,3 +230,17 @@ def test_train_state_missing_or_foreign_raises(tmp_path, make_dit):
     # a safetensors file without ditkit's metadata
     ckpt.atomic_save_tensors(tmp_path / STATE_FILE, {"a": torch.zeros(2)})
     _raises_naming(tmp_path / STATE_FILE, lambda: load_train_state(tmp_path, model, model, opt))
+
+
+@pytest.mark.parametrize("names, needle", [
+    (["pytorch_model.bin", "config.json"], r"holds only pickled weights \(pytorch_model.bin\); convert it to safetensors"),
+    (["weights.pt", "extra.ckpt"], r"holds only pickled weights \(extra.ckpt, weights.pt\)"),
+    (["config.json"], r"holds no weights \(\*.safetensors\)"),
+])
+def test_folders_without_safetensors_weights_are_refused_naming_what_they_hold(tmp_path, names, needle):
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(ValueError, match=needle):
+        ckpt.require_safetensors_weights(tmp_path, "model folder")
+    (tmp_path / "model.safetensors").write_bytes(b"x")  # safetensors beside a pickle: the pickle is never read
+    ckpt.require_safetensors_weights(tmp_path, "model folder")

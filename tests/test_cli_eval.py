@@ -118,6 +118,23 @@ def test_eval_fwd_folders_stats_and_model(tiny_model_dir, tmp_path, capsys):
     assert_one_line_error(code, err, "--prompts-file")  # no dataset recorded, so no default prompts
 
 
+def test_eval_clears_orphaned_temporaries_in_out_dir(tmp_path, capsys):
+    """A killed earlier eval left temporary files in --out-dir and its images/: the next run
+    removes those (ditkit's names only) and keeps the user's files."""
+    a, b = _image_folder(tmp_path / "a", 12, 0), _image_folder(tmp_path / "b", 12, 1)
+    out = tmp_path / "r"
+    (out / "images").mkdir(parents=True)
+    orphans = [out / ".results.json.ditkit-ab12cd34.tmp", out / "images" / ".0003.png.ditkit-zz99yy88.tmp.png"]
+    users = [out / ".results.json.tmp", out / "images" / ".0003.png.swp", out / "notes.txt"]
+    for path in orphans + users:
+        path.write_bytes(b"x")
+    code, _, _ = run_cli(["eval", "fwd", a, b, "--out-dir", out], capsys)
+    assert code == 0
+    assert not any(p.exists() for p in orphans)
+    assert all(p.read_bytes() == b"x" for p in users)
+    assert json.loads((out / "results.json").read_text())["n_a"] == 12
+
+
 def test_eval_fwd_bad_input(tiny_model_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

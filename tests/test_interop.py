@@ -29,6 +29,7 @@ from diffusers.models.embeddings import Timesteps, get_2d_sincos_pos_embed  # no
 from ditkit.interop.diffusers import (  # noqa: E402
     DIFFUSERS_WEIGHTS, convert_folder, from_diffusers, load_diffusers, save_diffusers, to_diffusers,
 )
+from ditkit.interop.diffusers_folder import load_diffusers_transformer  # noqa: E402
 
 TEXT_DIM = 16
 
@@ -253,8 +254,10 @@ def test_save_and_load_diffusers_folder(tmp_path):
 def test_pickle_only_folder_is_refused(tmp_path):
     folder = save_diffusers(pixart_dit(), tmp_path / "d")
     (folder / DIFFUSERS_WEIGHTS).rename(folder / "diffusion_pytorch_model.bin")
-    with pytest.raises(ValueError, match="never pickle"):
+    with pytest.raises(ValueError, match=r"holds only pickled weights \(diffusion_pytorch_model.bin\); convert it to safetensors"):
         load_diffusers(folder)
+    with pytest.raises(ValueError, match=r"holds only pickled weights \(diffusion_pytorch_model.bin\)"):
+        load_diffusers_transformer(folder)
     with pytest.raises(ValueError, match="already exists"):
         convert_folder(folder, "ditkit", folder)
 

@@ -49,7 +49,7 @@ def test_guidance_and_apg_change_the_image(pipe):
 def test_bad_arguments(pipe):
     with pytest.raises(ValueError, match="allowed: euler, heun, dpm2m"):
         pipe.generate("x", sampler="ddim")
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match=r"steps must be an integer in 1\.\.1000"):
         pipe.generate("x", steps=0)
     with pytest.raises(ValueError, match="guidance must be >= 0"):
         pipe.generate("x", guidance=-1)
@@ -59,6 +59,35 @@ def test_bad_arguments(pipe):
         pipe.generate("x", num_images=0)
     with pytest.raises(ValueError, match="unknown model"):
         ditkit.load("definitely-not-a-model")
+
+
+def test_whole_numbers_of_any_type_are_accepted_and_never_truncated(pipe):
+    """numpy integers and integral floats (as JSON and YAML write them) mean the same as ints;
+    2.5 steps is refused (tests/test_bad_inputs.py), not run as 2."""
+    plain = arrays(pipe.generate("a red circle", steps=2, seed=3, guidance=2))
+    same = arrays(pipe.generate("a red circle", steps=np.int64(2), seed=3.0, guidance=np.float32(2.0)))
+    assert np.array_equal(plain[0], same[0])
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        pipe.generate("a red circle", steps=2.5)
+
+
+def test_verifier_may_return_any_real_scalar(pipe):
+    """numpy and one-element torch scores are numbers; the choice is the highest one."""
+    scores = iter([np.float32(0.1), torch.tensor(0.9)])
+    best = pipe.generate_best_of("a red circle", 2, lambda im, pr: next(scores), steps=1)
+    assert best.chosen.tolist() == [1] and best.scores[0].tolist() == pytest.approx([0.1, 0.9])
+
+
+def test_nan_weights_are_an_error_naming_the_model(tiny_model_dir):
+    """A model whose output is NaN is an error, never an all-black image."""
+    nan_pipe = load(tiny_model_dir)
+    with torch.no_grad():
+        nan_pipe.model.out_conv.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite") as info:
+        nan_pipe.generate("a red circle", steps=1)
+    assert str(tiny_model_dir) in str(info.value)
+    with pytest.raises(ValueError, match="non-finite"):
+        nan_pipe.vary(np.full((32, 32, 3), 255, np.uint8), steps=1)
 
 
 @pytest.mark.skipif("shapes-64" not in embedded_models(), reason="embedded model not built")

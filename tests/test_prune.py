@@ -154,7 +154,7 @@ def test_cli_prune_and_bad_input(shapes_model_dir, tiny_model_dir, tmp_path, cap
         target = tmp_path / "bad"
         code, _, err = run_cli(["prune", shapes_model_dir, *args, "-o", target], capsys)
         assert_one_line_error(code, err, needle)
-        assert not target.exists() and not (tmp_path / ".bad.partial").exists()
+        assert not target.exists() and not (tmp_path / ".bad.ditkit-partial").exists()
     code, _, err = run_cli(["prune", shapes_model_dir, "--remove", 1, "-o", out], capsys)
     assert_one_line_error(code, err, "already exists")
     empty = tmp_path / "empty.txt"
@@ -446,3 +446,20 @@ def test_solve_affine_recovers_an_exact_affine_map_and_fits_noise_least_squares(
     a_fit, b_fit = solve_affine(x, y, ridge=0.0)
     resid = y - (x @ a_fit + b_fit)
     assert resid.abs().max() > 0.1 and (x.T @ resid).abs().max() < 1e-3 and resid.sum(0).abs().max() < 1e-3
+
+
+def test_prune_package_still_exports_the_measurement_it_moved_to_analysis():
+    """Block measurement lives in ditkit.analysis now; benchmarks/ and research/ import it from
+    ditkit.accel.prune, which re-exports the very same objects."""
+    import ditkit.accel.prune as prune
+    from ditkit.analysis import ablation, calibration, standins, surgery
+
+    moved = {ablation: ["EXPECTED_SIGN", "ablation_effects", "ablation_losses", "plot_ablation", "rank_correlations"],
+             calibration: ["default_calibration_prompts", "fixed_batches", "validation_loss"],
+             standins: ["block_io_rows", "fit_linear_maps", "solve_affine"],
+             surgery: ["LinearMaps", "check_remove", "remove_blocks", "skipping"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(prune, name) is getattr(module, name), name
+    assert set(prune.__all__) <= set(dir(prune))
+    assert not hasattr(prune, "_fixed_batches")

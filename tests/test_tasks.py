@@ -148,7 +148,7 @@ def test_outpaint_extends_the_canvas_and_keeps_the_original(pipes):
 
 
 @pytest.mark.parametrize("amounts, match", [({"left": -1}, ">= 0"), ({"right": 40}, "at most double"),
-                                            ({}, "at least one"), ({"top": 1.5}, "whole number")])
+                                            ({}, "at least one"), ({"top": 1.5}, "top must be an integer")])
 def test_outpaint_bad_amounts(pipes, amounts, match):
     with pytest.raises(ValueError, match=match):
         pipes["text"].outpaint(_scene(), "x", **amounts)

@@ -351,3 +351,56 @@ def test_resume_moves_a_state_saved_before_parameter_groups_into_them(tmp_path, 
     for n, p in fresh.named_parameters():
         assert torch.equal(p, dict(model.named_parameters())[n])
         assert all(torch.equal(loop.optimizer.state[p][k], saved[n][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+
+
+# ----------------------------------------------------------------------------
+# leftovers of a kill, and what --resume needs
+# ----------------------------------------------------------------------------
+
+def test_resume_removes_our_orphaned_temp_files_and_keeps_look_alikes(train_config):
+    """A kill mid-write leaves atomic_write's temporary files (tests/test_resume_kill.py kills a
+    real process); on resume they go, while a user's files with similar names stay."""
+    cfg = train_config(steps=2)
+    train(cfg, progress=False)
+    out = Path(cfg.train.output_dir)
+    ours = [out / ".train_state.safetensors.ditkit-ab12cd34.tmp", out / "model" / ".model.safetensors.ditkit-x_9y8z7w.tmp",
+            out / ".loss.png.ditkit-qwertyui.tmp.png"]
+    theirs = [out / ".train_state.safetensors.tmp", out / "model" / ".model.safetensors.mine.tmp",
+              out / "model" / "model.safetensors.ditkit-ab12cd34.tmp"]
+    for p in ours + theirs:
+        p.write_bytes(b"left behind")
+    cfg.train.steps = 3
+    train(cfg, resume=True, progress=False)
+    assert [p for p in ours if p.exists()] == []
+    assert all(p.read_bytes() == b"left behind" for p in theirs)
+
+
+def test_resume_without_a_run_folder_is_an_error_naming_it(train_config, tmp_path, capsys):
+    import yaml
+
+    from ditkit.cli.main import main
+
+    cfg = train_config("never-ran")
+    out = Path(cfg.train.output_dir)
+    with pytest.raises(ValueError, match=f"nothing to resume: the run folder {out} .*does not exist"):
+        train(cfg, resume=True, progress=False)
+    assert not out.exists()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    code = main(["train", str(config), "--resume", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(out) in err[0] and "nothing to resume" in err[0], err
+    assert not out.exists()
+    out.mkdir()  # a folder without a run in it is no run either
+    with pytest.raises(ValueError, match="holds no run"):
+        train(cfg, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("argv", [["train", "{dir}"], ["distill", "--config", "{dir}", "-o", "{dir}/student"]])
+def test_a_folder_given_as_the_config_file_says_so(tmp_path, capsys, argv):
+    from ditkit.cli.main import main
+
+    code = main([a.format(dir=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{str(tmp_path)!r} is a folder" in err[0], err
+    assert "does not exist" not in err[0]

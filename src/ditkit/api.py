@@ -16,17 +16,19 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ditkit.accel.scaling import BestOfN, Verifier, candidate_seeds, check_best_of, get_verifier, score_candidates
+from ditkit.accel.scaling import BestOfN, Verifier, candidate_seeds, get_verifier, score_candidates
 from ditkit.core.checkpoint import WEIGHTS_DIR, embedded_models, load_model, resolve_model
 from ditkit.core.config import SampleConfig
 from ditkit.core.encoders import TextEncoder, get_text_encoder
 from ditkit.core.guidance import APG
 from ditkit.core.images import ImageLike, to_pil
+from ditkit.core.limits import MAX_BEST_OF, MAX_NUM_IMAGES, check_int, check_seed
+from ditkit.core.precision import resolve_device
 from ditkit.engine.cache import SCHEDULE_FILE
 from ditkit.engine.calibration import calibrate_smooth
 from ditkit.engine.generate import Engine, ProgressCallback
 from ditkit.engine.prompts import default_prompts, model_dataset
-from ditkit.engine.request import GenerationRequest
+from ditkit.engine.request import GenerationRequest, prompt_list
 from ditkit.tasks import pipeline_edit as edits
 
 # resolve_model and embedded_models live in core.checkpoint; re-exported as part of the Python API.
@@ -41,7 +43,7 @@ class Pipeline:
     def __init__(self, model: torch.nn.Module, config: dict, source: str, device: str | torch.device = "cpu"):
         self.config = config
         self.source = source
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.defaults: SampleConfig = config["sample"]
         self.engine = Engine(model, self._load_encoder, self.defaults, source)
         self._companions: dict[str, Pipeline | None] = {}
@@ -105,36 +107,34 @@ class Pipeline:
         callback(info) after every sampler step: info has step, steps, t, x and x0 (the
         denoised estimate, a preview) of the current batch, and done / total image-steps over
         the whole call (core.progress.progress_callback turns a bar(done, total) into one)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompts given")
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        prompts = prompt_list(prompt)
+        num_images = check_int("num_images", num_images, 1, MAX_NUM_IMAGES)
+        best_of = check_int("best_of", best_of, 1, MAX_BEST_OF)
+        seed = check_seed(seed)
         flat = [p for p in prompts for _ in range(num_images)]
         kwargs = dict(steps=steps, guidance=guidance, apg=apg, sampler=sampler, seed=seed, size=size, shift=shift,
                       guidance_interval=guidance_interval, precision=precision, batch_size=batch_size,
                       callback=callback, cache=cache, prior_until=prior_until, prior_model=prior_model)
         if best_of != 1 or verifier is not None:
             return self.generate_best_of(flat, best_of, verifier, **kwargs).images
-        return to_pil(self._sample(flat, [seed + i for i in range(len(flat))], **kwargs))
+        return to_pil(self._sample(flat, seed, **kwargs))  # image i: seed + i (request.seed_list)
 
     def generate_best_of(self, prompts: str | Sequence[str], n: int, verifier: "str | Verifier | None",
                          seed: int = 0, **kwargs) -> BestOfN:
         """Best-of-n per prompt (ditkit.accel.scaling): all candidates, their scores and the choice.
         Candidate k of prompt j uses seed + j + k * scaling.CANDIDATE_STRIDE (candidate 0 is
         the plain image). Takes the keyword arguments of generate."""
-        check_best_of(n)
+        n = check_int("best_of", n, 1, MAX_BEST_OF)
         if verifier is None:
             raise ValueError("best-of-N needs a verifier: 'shapes', 'digits' or a callable (image, prompt) -> float")
         get_verifier(verifier)  # fail on a bad name before sampling anything
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
+        prompts = prompt_list(prompts)
+        seed = check_seed(seed)
         flat = [p for p in prompts for _ in range(n)]
         images = to_pil(self._sample(flat, candidate_seeds(len(prompts), n, seed), **kwargs))
         return score_candidates(images, prompts, n, verifier)
 
-    def request(self, prompts: Sequence[str], seeds: Sequence[int], steps=None, guidance=None, apg=None,
+    def request(self, prompts: Sequence[str], seeds: int | Sequence[int], steps=None, guidance=None, apg=None,
                 sampler=None, size=None, shift=None, guidance_interval=None, precision="fp32", batch_size=16,
                 cache=None, prior_until=None, prior_model=None) -> GenerationRequest:
         """The GenerationRequest of generate's arguments over this model's defaults (apg: True for
@@ -145,7 +145,7 @@ class Pipeline:
         return GenerationRequest.from_sample(prompts, sample, seeds, apg_cfg, guidance_interval, precision,
                                              batch_size, cache)
 
-    def _sample(self, prompts: list[str], seeds: list[int], callback: ProgressCallback | None = None,
+    def _sample(self, prompts: list[str], seeds: int | list[int], callback: ProgressCallback | None = None,
                 seed=None, **kwargs) -> torch.Tensor:
         return self.engine.generate(self.request(prompts, seeds, **kwargs), callback)
 
@@ -229,6 +229,7 @@ class Pipeline:
 
 def load(name_or_path: str | Path = "shapes-64", device: str | torch.device = "cpu") -> Pipeline:
     """Load an embedded model by name or a model folder."""
+    device = resolve_device(device)  # before any loading: `tpu` or a missing GPU is a clear error
     folder = resolve_model(name_or_path)
     model, cfg = load_model(folder, device)
     return Pipeline(model, cfg, str(folder), device)

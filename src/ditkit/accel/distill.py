@@ -42,9 +42,10 @@ from ditkit.accel.reflow import make_pairs, reflow_loss
 from ditkit.core.checkpoint import load_model, resolve_model, save_model
 from ditkit.core.config import SampleConfig, coerce_fields, read_yaml_config
 from ditkit.core.encoders import get_text_encoder
+from ditkit.core.files import LineLog
 from ditkit.core.flow import interpolate
 from ditkit.core.guidance import autocast_for, cfg_combine, pad_contexts
-from ditkit.core.precision import training_precision
+from ditkit.core.precision import resolve_device, training_precision
 from ditkit.core.progress import progress_bar
 from ditkit.data import make_batch
 from ditkit.engine.generate import Engine
@@ -182,7 +183,7 @@ def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bo
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {out} already exists and is not empty")
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device, "distill.device")
     cfg = replace(cfg, precision=training_precision(cfg.precision, device))
     engine, config = load_teacher(teacher_name, device)
     teacher = engine.model.eval().requires_grad_(False)
@@ -196,7 +197,7 @@ def distill(teacher_name: str, cfg: DistillConfig, out: str | Path, progress: bo
     sample = replace(engine.defaults, **{k: v for k, v in cfg.sample.items() if k in SampleConfig.__dataclass_fields__})
     size = data.get("size", sample.size)
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "log.jsonl").open("w")
+    log = LineLog(out / "log.jsonl")
     log.write(json.dumps({"teacher": str(engine.source), "distill": asdict(cfg)}) + "\n")
     t0 = time.time()
 

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ditkit.core.config import SampleConfig
+from ditkit.core.files import atomic_save_image
 from ditkit.core.images import to_pil
 from ditkit.core.reports import line_plot, markdown_table, write_json, write_report
 from ditkit.data import digits, shapes
@@ -110,12 +111,38 @@ def score_candidates(candidates: Sequence[Image.Image], prompts: Sequence[str], 
     fn = get_verifier(verifier)
     if len(candidates) != len(prompts) * n:
         raise ValueError(f"expected {len(prompts) * n} candidates ({len(prompts)} prompts x {n}), got {len(candidates)}")
-    scores = np.array([float(fn(im, prompts[i // n])) for i, im in enumerate(candidates)]).reshape(len(prompts), n)
-    if not np.isfinite(scores).all():
-        raise ValueError("the verifier returned a non-finite score")
+    name = verifier_name(verifier)
+    scores = np.array([_score(fn, name, im, prompts[i // n]) for i, im in enumerate(candidates)]).reshape(len(prompts), n)
     chosen = scores.argmax(1)
     images = [candidates[j * n + k] for j, k in enumerate(chosen)]
     return BestOfN(images, scores, chosen, list(candidates))
+
+
+def verifier_name(verifier: str | Verifier) -> str:
+    """How errors name a verifier: its name or import path, or a callable's qualified name."""
+    if isinstance(verifier, str):
+        return verifier
+    return f"{getattr(verifier, '__module__', '?')}:{getattr(verifier, '__qualname__', type(verifier).__name__)}"
+
+
+def _score(fn: Verifier, name: str, image: Image.Image, prompt: str) -> float:
+    """One verifier score as a finite float; a verifier that raises or returns anything else is
+    a ValueError naming it (it is user code: `--verifier module:function`)."""
+    try:
+        value = fn(image, prompt)
+    except Exception as e:  # any failure inside user code is reported as the verifier's, not ditkit's
+        raise ValueError(f"verifier {name!r} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                         "a verifier is a callable (image, prompt) -> float") from e
+    try:  # numbers, numpy scalars and one-element tensors; never text or a truth value
+        score = None if isinstance(value, (str, bytes, bool, np.bool_)) else float(value)
+    except (TypeError, ValueError, RuntimeError):
+        score = None
+    if score is None:
+        raise ValueError(f"verifier {name!r} returned {value!r} (type {type(value).__name__}); "
+                         "a verifier must return a finite number")
+    if not np.isfinite(score):
+        raise ValueError(f"verifier {name!r} returned a non-finite score {score}; it must return a finite number")
+    return score
 
 
 def check_best_of(n: int) -> None:
@@ -212,7 +239,7 @@ def save_best_of_outputs(result: dict, out_dir: str | Path, title: str, command:
         header = ["N", "images per prompt", "accuracy"]
         table = [[r["best_of"], r["best_of"], r["result"]["accuracy"]] for r in rows]
     line_plot(out / "scaling.png", ns, series, title, "N (candidates per prompt)", logx=True)
-    image_grid(result["chosen_images"]).save(out / "grid.png")
+    atomic_save_image(out / "grid.png", image_grid(result["chosen_images"]))
     summary = {k: v for k, v in result.items() if k not in ("chosen_images", "prompts")}
     write_json(out / "results.json", summary)
     cost = (f"Sampling cost: {result['seconds_per_image']:.3f} s per candidate image, so best-of-N costs N times "

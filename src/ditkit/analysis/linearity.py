@@ -43,9 +43,7 @@ from ditkit.core.sampling import sample_euler, timesteps
 from ditkit.engine.generate import initial_noise
 from ditkit.engine.request import GenerationRequest
 from ditkit.engine.velocity import prompt_velocity
-# Diffusers transformer folders live in interop; analyze_diffusers_folder scores one
-# (is_diffusers_folder is re-exported for `ditkit analyze`, which takes either kind of folder).
-from ditkit.interop.diffusers_folder import calibration_inputs, is_diffusers_folder, load_diffusers_transformer  # noqa: F401
+from ditkit.interop.diffusers_folder import calibration_inputs, load_diffusers_transformer
 
 SCORES = ("linearity", "linearity_residual_removed", "influence", "norm_ratio")
 SCORE_LABELS = {
@@ -451,7 +449,7 @@ def save_analysis(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
 
 
 # --------------------------------------------------------------------------
-# diffusers transformers saved in a local folder (for `ditkit analyze`)
+# diffusers transformers saved in a local folder (ditkit.interop.diffusers_folder loads them)
 # --------------------------------------------------------------------------
 
 def analyze_diffusers_folder(path: str | Path, num_timesteps: int = 8, seed: int = 0) -> dict:

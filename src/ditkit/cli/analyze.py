@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from pathlib import Path
 
-from ditkit.accel.prune import (PRUNE_SELECTORS, ablation_effects, default_calibration_prompts, plot_ablation,
-                                prune_diffusers, prune_model, rank_correlations)
-from ditkit.analysis import linearity as analysis
-from ditkit.analysis.linearity import is_diffusers_folder
+from ditkit.accel.prune import PRUNE_SELECTORS, prune_diffusers, prune_model
+from ditkit.analysis.report import analyze_model
 from ditkit.api import load, resolve_model
 from ditkit.cli.common import (UserError, add_debug, check_out_dir, check_sampler, nonneg_float, positive_int,
                                read_prompts_file)
+from ditkit.core.files import atomic_folder
 from ditkit.core.progress import progress_bar
-from ditkit.core.reports import markdown_table, write_json, write_report
 from ditkit.engine.cache import SmoothSchedule
 from ditkit.interop.diffusers import convert_folder
+from ditkit.interop.diffusers_folder import is_diffusers_folder
 
 
 def add_parsers(sub) -> None:
@@ -92,6 +89,8 @@ def cmd_cache_calibrate(args: argparse.Namespace) -> int:
     check_sampler(args.sampler)
     if args.output and not args.output.endswith(".json"):
         raise UserError(f"--output needs a .json path, got {args.output!r}")
+    if args.output and not Path(args.output).parent.is_dir():  # before the calibration work, not after it
+        raise UserError(f"parent folder of -o/--output {str(Path(args.output).parent)!r} does not exist")
     prompts = read_prompts_file(args.prompts) if args.prompts else None
     pipe = load(args.model)
     path = pipe.calibrate_cache(args.steps, args.sampler, args.alpha, prompts, args.output)
@@ -108,59 +107,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UserError(f"--timesteps must be >= 1, got {args.timesteps}")
     if args.ablation_eval < 0:
         raise UserError(f"--ablation-eval must be >= 0, got {args.ablation_eval}")
-    check_out_dir(args.output)
+    check_out_dir(args.output, flag="-o/--output")
     prompts = read_prompts_file(args.prompts) if args.prompts else None
-    out = Path(args.output)
-    sections = []
-    if analysis.is_diffusers_folder(args.model):
-        transformer = analysis.load_diffusers_transformer(args.model)
-        result = analysis.analyze_diffusers(transformer, analysis.calibration_inputs(transformer, num_timesteps=args.timesteps))
-        ablation = None
-    else:
-        pipe = load(args.model, device=args.device)
-        data = pipe.config.get("data") or {}
-        if prompts is None:
-            if data.get("dataset") not in ("shapes", "digits"):
-                raise UserError("this model records no dataset; give calibration prompts with --prompts FILE")
-            prompts = default_calibration_prompts(data["dataset"])
-        result = analysis.analyze_dit(pipe.model, pipe.text_encoder, prompts, args.timesteps, sample=pipe.defaults)
-        ablation = None
-        if not args.no_ablation:
-            if data.get("dataset") not in ("shapes", "digits"):
-                raise UserError("ablation truth needs the model's training data; use --no-ablation")
-            effects = ablation_effects(pipe.model, pipe.text_encoder, data["dataset"], int(data.get("size", 64)),
-                                       args.ablation_eval, pipe.defaults)
-            costs = {"loss increase": effects["loss"]["increase"]}
-            if "shapes" in effects:
-                costs["ShapesEval drop"] = effects["shapes"]["drop"]
-            ablation = {"effects": effects, "rank_correlations": rank_correlations(result["mean"], costs)}
-    out.mkdir(exist_ok=True)
-    analysis.save_analysis(result, out)
-    means = result["mean"]
-    rows = [[i, *[means[s][i] for s in analysis.SCORES]] for i in range(result["blocks"])]
-    sections.append(("Per-block scores (mean over time bins)", markdown_table(["block", *analysis.SCORES], rows)
-                     + "\n\n![profile](profile.png)"
-                     + ("\n\n![linearity over depth and time](heatmap_linearity.png) "
-                        "![influence over depth and time](heatmap_influence.png)" if result.get("timesteps") else "")))
-    if ablation:
-        write_json(out / "ablation.json", ablation)
-        costs_table = {"loss increase": ablation["effects"]["loss"]["increase"]}
-        if "shapes" in ablation["effects"]:
-            costs_table["ShapesEval drop"] = ablation["effects"]["shapes"]["drop"]
-        plot_ablation(means, costs_table, out / "ablation.png")
-        crow = [[s, *[f"{ablation['rank_correlations'][s][c]['spearman']:+.2f} "
-                      f"(p={ablation['rank_correlations'][s][c]['p_value']:.2f})" for c in costs_table]]
-                for s in analysis.SCORES]
-        sections.append(("Ablation truth", markdown_table(["block", *costs_table],
-                                                          [[i, *[v[i] for v in costs_table.values()]]
-                                                           for i in range(result["blocks"])])
-                         + "\n\nSpearman rank correlation of each score with the measured removal cost "
-                           "(influence and norm ratio should correlate positively, linearity negatively):\n\n"
-                         + markdown_table(["score", *costs_table], crow) + "\n\n![ablation](ablation.png)"))
-    write_report(out / "report.md", f"Block analysis of {args.model}", args.command_line, sections)
-    summary = {"output": str(out), "blocks": result["blocks"], "mean": means}
-    if ablation:
-        summary["rank_correlations"] = ablation["rank_correlations"]
+    summary = analyze_model(args.model, args.output, prompts, args.timesteps, ablation=not args.no_ablation,
+                            ablation_eval=args.ablation_eval, device=args.device, command=args.command_line)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -207,11 +157,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not out.parent.exists():
         raise UserError(f"parent folder of {args.output!r} does not exist")
     prompts = read_prompts_file(args.prompts) if args.prompts else None
-    # Write to a sibling temp folder and rename, so a failure never leaves a partial model.
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    # Built in a sibling temp folder and renamed, so a failure never leaves a partial model.
+    with atomic_folder(out) as tmp:
         # --by benchmark first screens the blocks (one generation benchmark per candidate set):
         # the same bar then counts those evaluations, then the recovery steps.
         label = "benchmark screen, then recovery tune" if args.by == "benchmark" else "recovery tune"
@@ -228,10 +175,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                       batch_size=args.batch_size, precision=args.precision, recovery=recovery,
                                       blocks=blocks, screen_callback=cb,
                                       screen_per_category=args.screen_per_category)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary.pop("model")
     summary["out_dir"] = str(out)
     print(json.dumps(summary, indent=2))

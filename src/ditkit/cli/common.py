@@ -8,15 +8,16 @@ Every user error becomes one line on stderr and exit code 2 (a traceback only wi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 from ditkit.accel.scaling import default_verifier, get_verifier
 from ditkit.api import Pipeline, load
-from ditkit.core.files import atomic_write
+from ditkit.core.files import atomic_save_image, remove_orphan_temps
 from ditkit.core.precision import check_precision
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.engine.cache import parse_cache_spec
@@ -55,8 +56,8 @@ def nonneg_float(name: str) -> Callable[[str], float]:
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
+        if not math.isfinite(v) or v < 0:  # nan and inf parse as floats but sample black images
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0 (a finite number), got {s!r}")
         return v
     return parse
 
@@ -136,14 +137,15 @@ def check_output_file(path: str) -> Path:
     return out
 
 
-def check_out_dir(path: str | None) -> None:
+def check_out_dir(path: str | None, flag: str = "--out-dir") -> None:
+    """An output folder (created later if missing) given with `flag`: not a file, its parent there."""
     if path is None:
         return
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise UserError(f"--out-dir {path!r} is a file")
+        raise UserError(f"{flag} {path!r} is a file; it must be a folder")
     if not p.parent.exists():
-        raise UserError(f"parent folder of --out-dir {str(p.parent)!r} does not exist")
+        raise UserError(f"parent folder of {flag} {str(p.parent)!r} does not exist")
 
 
 def check_sampler(name: str | None) -> None:
@@ -160,7 +162,14 @@ def check_sampling_args(args) -> None:
 
 def save_image_atomic(image, path: Path) -> None:
     """Save next to the target then rename, so a failure never leaves a partial file."""
-    atomic_write(path, image.save)
+    atomic_save_image(path, image)
+
+
+def clean_out_dir(path: str | Path, subfolders: Sequence[str] = ()) -> None:
+    """On start: remove the temporary files a killed earlier run left in an output folder
+    (only ditkit's own, see core.files.remove_orphan_temps), there and in `subfolders`."""
+    for folder in (Path(path), *(Path(path) / s for s in subfolders)):
+        remove_orphan_temps(folder)
 
 
 def save_numbered(images: list, out: Path) -> list[Path]:
@@ -171,18 +180,39 @@ def save_numbered(images: list, out: Path) -> list[Path]:
     return paths
 
 
+class PromptsFile:
+    """A prompts file read lazily: one prompt per non-blank line, stripped. Opening it reads the
+    file once, a line at a time, to check it (UTF-8, at least one prompt) and count the prompts,
+    so a bad file fails before any work and a long one never sits in memory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"prompts file {str(path)!r} is a folder; give a text file with one prompt per line")
+        if not self.path.is_file():
+            raise UserError(f"prompts file {str(path)!r} does not exist")
+        try:
+            self.count = sum(1 for _ in self)
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"prompts file {str(path)!r} is unreadable: {e}") from None
+        if not self.count:
+            raise UserError(f"prompts file {str(path)!r} has no prompts (blank lines are skipped)")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                # str.splitlines also breaks at \v, \f, \x1c-\x1e, \x85, \u2028, \u2029: split each
+                # line again so the prompts are exactly those of read_text().splitlines()
+                for part in line.splitlines():
+                    if part.strip():
+                        yield part.strip()
+
+
 def read_prompts_file(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompts file {path!r} does not exist")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"prompts file {path!r} is unreadable: {e}") from None
-    prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise UserError(f"prompts file {path!r} has no prompts (blank lines are skipped)")
-    return prompts
+    return list(PromptsFile(path))
 
 
 # ----------------------------------------------------------------------------
@@ -238,9 +268,13 @@ def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def quiet_libraries() -> None:
-    """transformers prints a weight-loading bar and hub hints; ditkit has its own progress."""
+    """transformers prints a weight-loading bar and hub hints, diffusers config and deprecation
+    notes (through `analyze` and `convert`); ditkit has its own progress and errors."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers is first imported
+    if "diffusers" in sys.modules:  # already imported (a Python caller of main): set it directly
+        sys.modules["diffusers"].utils.logging.set_verbosity_error()
     try:
         from transformers.utils import logging as hf_logging  # optional heavy dependency: only quieted if present
 

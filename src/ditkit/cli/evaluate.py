@@ -12,7 +12,8 @@ import numpy as np
 from ditkit.accel.scaling import digits_best_of_eval, get_verifier, save_best_of_outputs, shapes_best_of_eval
 from ditkit.api import Pipeline, load
 from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, check_out_dir, check_sampling_args,
-                               generation_kwargs, int_list, load_pipeline, positive_int, read_prompts_file)
+                               clean_out_dir, generation_kwargs, int_list, load_pipeline, positive_int,
+                               read_prompts_file)
 from ditkit.core.config import SampleConfig
 from ditkit.core.guidance import APG
 from ditkit.core.progress import progress_bar, progress_callback
@@ -80,10 +81,17 @@ def _no_benchmark(args: argparse.Namespace) -> int:
     raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit")
 
 
+def _prepare_out_dir(path: str | None) -> None:
+    """Check --out-dir; clear the temporary files a killed earlier eval left there."""
+    check_out_dir(path)
+    if path:
+        clean_out_dir(path, subfolders=("images",))
+
+
 def _eval_setup(args: argparse.Namespace) -> tuple[Pipeline, SampleConfig]:
     """Check an eval command's arguments, load its model: (pipeline, sampling settings)."""
     check_sampling_args(args)
-    check_out_dir(args.out_dir)
+    _prepare_out_dir(args.out_dir)
     pipe = load_pipeline(args)
     return pipe, pipe.sample_config(args.steps, args.guidance, args.sampler, args.size, args.shift,
                                     args.apg or None, args.guidance_interval, args.prior_until, args.prior_model)
@@ -141,7 +149,7 @@ def cmd_eval_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_fwd(args: argparse.Namespace) -> int:
-    check_out_dir(args.out_dir)
+    _prepare_out_dir(args.out_dir)
     if args.save_stats and not args.save_stats.endswith(".npz"):
         raise UserError(f"--save-stats needs a .npz path, got {args.save_stats!r}")
     if args.model:
@@ -185,7 +193,7 @@ def cmd_eval_edit(args: argparse.Namespace) -> int:
     bad = [t for t in tasks if t not in EDIT_TASKS]
     if bad or not tasks:
         raise ValueError(f"unknown edit tasks {bad or tasks}; allowed: {', '.join(EDIT_TASKS)}")
-    check_out_dir(args.out_dir)
+    _prepare_out_dir(args.out_dir)
     pipe = load(args.model, device=args.device)
     upscaler = load(UPSCALER, device=args.device).engine if "upscale" in tasks else None
     # the tasks take a companion lookup that returns engines (suffix -> engine or None)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ditkit.accel.distill import distill, load_distill_config
 from ditkit.cli.common import UserError, add_debug
 from ditkit.core.config import load_config
+from ditkit.core.files import remove_orphan_temps
 from ditkit.training.train import train
 
 
@@ -31,17 +32,27 @@ def add_parsers(sub) -> None:
     t.set_defaults(handler=cmd_train)
 
 
+def config_file(path: str, what: str) -> str:
+    """A config path that is a file: a folder gets its own message, not "does not exist"."""
+    if Path(path).is_dir():
+        raise UserError(f"{what} {path!r} is a folder; give a YAML config file (e.g. configs/shapes-64.yaml)")
+    return path
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
-    cfg = load_distill_config(args.config, args.set)
+    cfg = load_distill_config(config_file(args.config, "--config"), args.set)
     out = Path(args.output)
     if not out.parent.exists():
         raise UserError(f"parent folder of --output {str(out.parent)!r} does not exist")
+    # A distillation killed mid-write left its temporary files in the output folder (and its
+    # only content may be them): clear ours before the emptiness check.
+    remove_orphan_temps(out)
     print(json.dumps(distill(args.teacher, cfg, out)))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(config_file(args.config, "config"), args.set)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({**result, "output_dir": cfg.train.output_dir, "model": str(Path(cfg.train.output_dir) / "model")}))
     return 0

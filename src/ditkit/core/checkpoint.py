@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from ditkit.core.config import Config, SampleConfig, _from_dict
 from ditkit.core.files import atomic_write, atomic_write_bytes
 from ditkit.core.model import DiT, DiTConfig
+from ditkit.core.precision import resolve_device
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -47,6 +48,23 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return path
     raise ValueError(f"unknown model {name!r}: not an embedded model ({', '.join(embedded_models()) or 'none'}) "
                      "and not a model folder")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def require_safetensors_weights(folder: str | Path, what: str) -> None:
+    """Refuse a model folder (a Hugging Face or diffusers one) whose weights are not in
+    safetensors: ditkit never unpickles, since loading a pickle can run any code. `what`
+    names the folder in the message (e.g. "text encoder folder")."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(f.name for f in folder.iterdir() if f.is_file() and f.name.endswith(PICKLE_SUFFIXES))
+    if pickled:
+        raise ValueError(f"{what} {folder} holds only pickled weights ({', '.join(pickled)}); convert it to "
+                         "safetensors (ditkit never unpickles: a pickle can run code)")
+    raise ValueError(f"{what} {folder} holds no weights (*.safetensors)")
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -92,6 +110,7 @@ def read_model_config(folder: str | Path) -> dict:
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DiT, dict]:
     """Build the DiT a folder describes and load its weights. Returns (model in eval mode, config dict)."""
+    device = resolve_device(device)  # every model load: `tpu` or a missing GPU is a clear error, not torch's
     folder = Path(folder)
     cfg = read_model_config(folder)
     try:

@@ -2,18 +2,23 @@
 
 A YAML file has up to five top-level keys: model, data, train, sample,
 text_encoder. `--set train.lr=1e-4` style overrides are parsed as YAML
-scalars. Unknown keys are errors that list the allowed ones.
+scalars. Unknown keys are errors that list the allowed ones. Every number is checked
+when a config is built (core.limits): integers are never truncated, floats are finite,
+and each has its range.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import get_type_hints
 
 import yaml
 
 from ditkit.core.conditions import TASKS
+from ditkit.core.limits import MAX_SIZE, MAX_STEPS, check_int, check_interval, check_number, check_seed
+from ditkit.core.precision import check_device_name
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.data import DATASETS, check_mix_dataset
 from ditkit.data.shapes import training_mix
@@ -45,9 +50,24 @@ def coerce_fields(cls, d: dict, section: str) -> dict:
             elif typ is str:
                 v = "" if v is None else str(v)
         except (TypeError, ValueError):
-            raise ValueError(f"{section}.{k} must be a {getattr(typ, '__name__', typ)}, got {v!r}") from None
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, typ)
+            raise ValueError(f"{section}.{k} must be {kind}, got {v!r}") from None
         out[k] = v
     return out
+
+
+@lru_cache(maxsize=None)
+def _number_fields(cls) -> tuple[tuple[str, type], ...]:
+    return tuple((name, typ) for name, typ in get_type_hints(cls).items() if typ in (int, float))
+
+
+def check_number_fields(config, section: str) -> None:
+    """Every int and float field of a config dataclass in its type: integers not truncated
+    (2.0 is 2, 2.5 an error), floats finite. Ranges are each config's own checks."""
+    for name, typ in _number_fields(type(config)):
+        value = getattr(config, name)
+        check = check_int if typ is int else check_number
+        setattr(config, name, check(f"{section}.{name}", value))
 
 
 def _from_dict(cls, d: dict, section: str):
@@ -100,6 +120,7 @@ class DiTConfig:
     pooled_text: bool = True
 
     def __post_init__(self) -> None:
+        check_number_fields(self, "model")
         try:
             self.linear_blocks = tuple(sorted({int(i) for i in self.linear_blocks}))
         except (TypeError, ValueError):
@@ -129,6 +150,9 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"'model' must be a mapping of DiTConfig fields (width, depth, heads, ...), "
+                             f"got {type(d).__name__} {d!r}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -150,10 +174,10 @@ class DataConfig:
     mix: dict | None = None
 
     def __post_init__(self) -> None:
+        check_number_fields(self, "data")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
-        if self.size < 32:
-            raise ValueError(f"data.size must be >= 32, got {self.size}")
+        check_int("data.size", self.size, 32, MAX_SIZE)
         if self.mix is not None:
             if not isinstance(self.mix, dict):
                 raise ValueError(f"data.mix must be a mapping of category: weight, got {self.mix!r}")
@@ -206,6 +230,9 @@ class TrainConfig:
     pure_noise_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        check_number_fields(self, "train")
+        self.seed = check_seed(self.seed, "train.seed")
+        check_device_name(self.device, "train.device")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown train.precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -228,8 +255,12 @@ class TrainConfig:
             raise ValueError(f"train.stf_refs must be >= 0, got {self.stf_refs}")
         if not 0 <= self.stf_min_t < 1:
             raise ValueError(f"train.stf_min_t must be in [0, 1), got {self.stf_min_t}")
-        if self.num_workers < 0 or self.time_budget_s < 0:
-            raise ValueError("train.num_workers and train.time_budget_s must be >= 0")
+        for name in ("warmup_steps", "cooldown_steps", "eval_every", "num_workers"):
+            check_int(f"train.{name}", getattr(self, name), 0)
+        check_int("train.eval_per_category", self.eval_per_category, 1)
+        for name in ("weight_decay", "grad_clip", "time_budget_s"):
+            check_number(f"train.{name}", getattr(self, name), 0.0)
+        check_number("train.time_std", self.time_std, 0.0, lo_open=True)
         if self.task not in TASKS:
             raise ValueError(f"unknown train.task {self.task!r}; allowed: {', '.join(TASKS)}")
 
@@ -255,12 +286,21 @@ class SampleConfig:
     prior_model: str = ""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.prior_until <= 1.0:
-            raise ValueError(f"prior_until must be in (0, 1], got {self.prior_until}")
+        # The one check of the sampling numbers: a GenerationRequest is built from (or checked
+        # as) a SampleConfig, so API keywords, CLI flags and model configs meet these limits.
+        # Names without "sample." because API callers see them too.
         if self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}")
-        if not 0.0 <= self.interval_lo <= self.interval_hi <= 1.0:
-            raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got ({self.interval_lo}, {self.interval_hi})")
+        self.steps = check_int("steps", self.steps, 1, MAX_STEPS)
+        self.guidance = check_number("guidance", self.guidance, 0.0)
+        self.shift = check_number("shift", self.shift, 0.0, lo_open=True)
+        if not isinstance(self.apg, bool):
+            raise ValueError(f"apg must be true or false, got {self.apg!r}")
+        self.size = check_int("size", self.size, 1, MAX_SIZE)
+        self.interval_lo, self.interval_hi = check_interval(self.interval_lo, self.interval_hi)
+        self.prior_until = check_number("prior_until", self.prior_until, 0.0, 1.0, lo_open=True)
+        if not isinstance(self.prior_model, str):
+            raise ValueError(f"prior_model must be a model name or folder (a string), got {self.prior_model!r}")
 
 
 @dataclass
@@ -315,10 +355,21 @@ def read_yaml_config(path: str | Path, overrides: list[str] | None = None, what:
     try:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{what} {path} is not valid YAML{_yaml_position(e)}: {_yaml_problem(e)}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{what} {path} must hold a mapping at the top level")
     return apply_overrides(d, overrides or [])
+
+
+def _yaml_position(e: yaml.YAMLError) -> str:
+    """ " at line L, column C" (1-based) where yaml located the problem, else ""."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None)
+    return problem if problem else str(e).splitlines()[0]
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -4,7 +4,9 @@ Every editing task accepts what a user has on disk: RGB, grayscale, palette, RGB
 (composited on white, the shapes world's background) and 16-bit images are converted,
 never refused. Sizes: the model works at a size it was trained for, so inputs are resized
 to it (with a warning) and results are brought back to the input's size, where the kept
-pixels are pasted back from the original so they stay byte-identical.
+pixels are pasted back from the original so they stay byte-identical. Inputs larger than
+limits.MAX_IMAGE_PIXELS are refused, files before they are decoded (a small PNG can
+decompress to gigabytes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ditkit.core.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, check_number
+
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 
@@ -27,16 +31,35 @@ def load_image(image: ImageLike, what: str = "image") -> Image.Image:
         if not path.is_file():
             raise ValueError(f"{what} {str(path)!r} does not exist")
         try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.copy()
+            with warnings.catch_warnings():  # PIL warns on its bomb threshold; ours is lower and an error
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as im:  # reads the header only: the size is known before decoding
+                    check_pixels(im.size, f"{what} {str(path)!r}")
+                    im.load()
+                    image = im.copy()
+        except Image.DecompressionBombError:  # PIL's own, higher limit, hit while opening
+            raise ValueError(f"{what} {str(path)!r} is too large: more than {MAX_IMAGE_PIXELS:,} pixels "
+                             f"({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}) are refused") from None
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{what} {str(path)!r} is not an image PIL can read ({e.__class__.__name__})") from None
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            check_pixels((image.shape[1], image.shape[0]), f"{what} array")
         image = _from_array(image, what)
     if not isinstance(image, Image.Image):
         raise ValueError(f"{what} must be a path, a PIL image or a numpy array, got {type(image).__name__}")
+    check_pixels(image.size, what)
     return to_rgb(image)
+
+
+def check_pixels(size: tuple[int, int], what: str = "image") -> None:
+    """Refuse an image of PIL size (W, H) over limits.MAX_IMAGE_PIXELS (or with an empty side)."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} is {w}x{h} = {w * h / 1e6:.1f} MP, too large: at most {MAX_IMAGE_PIXELS:,} pixels "
+                         f"({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}) are accepted; downscale it first")
+    if w < 1 or h < 1:
+        raise ValueError(f"{what} is {w}x{h}: it has no pixels")
 
 
 def _from_array(arr: np.ndarray, what: str) -> Image.Image:
@@ -85,10 +108,7 @@ def load_mask(mask: ImageLike, size: tuple[int, int]) -> np.ndarray:
 
 
 def check_strength(strength: float) -> float:
-    s = float(strength)
-    if not 0.0 <= s <= 1.0 or s != s:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    return s
+    return check_number("strength", strength, 0.0, 1.0)
 
 
 def working_size(size: tuple[int, int], side: int, what: str = "image") -> tuple[int, int]:

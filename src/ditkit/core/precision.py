@@ -8,6 +8,7 @@ fp16 kernels), so fp16 is refused on CPU rather than silently crawling.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import warnings
 import weakref
@@ -21,8 +22,40 @@ _int8_cache: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = w
 _int8_lock = threading.Lock()  # a server's threads share one pipeline: quantize its model once, not once per thread
 
 
+DEVICE_FORMS = "cpu, cuda, cuda:N (N a GPU index) or mps"
+_DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def check_device_name(device: str | torch.device, what: str = "device") -> str:
+    """The device's name if it has an allowed form (cpu, cuda, cuda:N, mps); ValueError otherwise.
+    Availability is resolve_device's check (a config may name a GPU of another machine)."""
+    name = str(device) if isinstance(device, (str, torch.device)) else None
+    if name is None or not _DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"unknown {what} {device!r}; allowed: {DEVICE_FORMS}")
+    return name
+
+
+def resolve_device(device: str | torch.device, what: str = "device") -> torch.device:
+    """The torch.device to run on: an allowed form (check_device_name) that this machine has.
+    The one place devices are checked, so `--device tpu` or a missing GPU is a clear error
+    rather than a torch traceback."""
+    dev = torch.device(check_device_name(device, what))
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{what} {str(device)!r}: CUDA is not available here (torch.cuda.is_available() "
+                             "is False); use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{what} {str(device)!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0..cuda:{count - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{what} 'mps': Apple's MPS backend is not available here; use cpu")
+    return dev
+
+
 def check_precision(precision: str, device: torch.device | str) -> None:
-    device = torch.device(device)
+    """A precision that runs on the device (its form checked; whether it is present is resolve_device's)."""
+    device = torch.device(check_device_name(device))
     if precision not in INFERENCE_PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(INFERENCE_PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":

@@ -3,17 +3,16 @@ report per run. Plots use the Agg backend and are written atomically."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ditkit.core.files import atomic_write
+from ditkit.core.files import atomic_write, atomic_write_json, atomic_write_text
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write_json(path, data)
 
 
 def pyplot():
@@ -100,4 +99,4 @@ def write_report(path: str | Path, title: str, command: str, sections: Sequence[
     for heading, body in sections:
         parts += [f"## {heading}", "", body.strip(), ""]
     text = "\n".join(parts)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text)

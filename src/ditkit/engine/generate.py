@@ -9,7 +9,9 @@ generate: check the request -> per batch, the guided velocity of its prompts
 -> the sampler -> the images in [-1, 1]. The int8 copy (core.precision) and prior models
 (SampleConfig.prior_model) are loaded once per Engine under a lock, so one engine can serve
 requests from many threads; all per-generation state (APG momentum, cache residuals) lives
-in closures built per batch, never on the engine.
+in closures built per batch, never on the engine. Each batch's result is checked once for
+NaN/inf (check_finite: one reduction per batch, no per-step sync), so a model with broken
+weights is an error naming it, never a black image.
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int | Sequence[int], dev
     when a list of seeds is given), so an image does not depend on its batch."""
     seeds = seed_list(n, seed)
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+
+
+def check_finite(x: torch.Tensor, source: str | None) -> torch.Tensor:
+    """x itself if every value is finite; else a ValueError naming the model (its folder).
+    Called once per sampled batch (and by the editing tasks on their results): NaN weights
+    or an overflowing setting would otherwise come out as an all-black image."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"the model {source or '(unnamed)'} produced non-finite values (NaN or inf): its weights "
+                         "may be corrupt or hold NaN, or a setting (guidance, shift) is too extreme for it")
+    return x
 
 
 def load_prior(name_or_path: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -132,7 +144,7 @@ class Engine:
             net = CachedModel(runner, make_cache()) if make_cache else runner
             velocity = self.batch_velocity(request, chunk, net, prior)
             report = _progress(callback, done, len(chunk), total, i) if callback else None
-            outs.append(sampler(velocity, noise[i:i + len(chunk)], ts, report))
+            outs.append(check_finite(sampler(velocity, noise[i:i + len(chunk)], ts, report), self.source))
             done += len(chunk) * request.steps
         return torch.cat(outs)
 

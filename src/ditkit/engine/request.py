@@ -12,14 +12,14 @@ schedule depth) run in `check_for`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 
 from ditkit.core.config import SampleConfig
 from ditkit.core.guidance import APG
+from ditkit.core.limits import MAX_BATCH_SIZE, check_int, check_seed
 from ditkit.core.precision import check_precision
-from ditkit.core.sampling import get_sampler
 
 CacheFactory = Callable[[], object]  # () -> a fresh cache policy for one batch (ditkit.engine.cache)
 CacheSetting = Union[str, CacheFactory, None]  # a spec string ("first-block:0.08", "smooth:PATH.json") or a factory
@@ -27,22 +27,55 @@ CacheSetting = Union[str, CacheFactory, None]  # a spec string ("first-block:0.0
 
 def sample_settings(defaults: SampleConfig, steps=None, guidance=None, sampler=None, size=None, shift=None,
                     apg=None, interval=None, prior_until=None, prior_model=None) -> SampleConfig:
-    """A model's default sampling settings with the given overrides (None keeps the default)."""
+    """A model's default sampling settings with the given overrides (None keeps the default).
+    The overrides are not converted here: SampleConfig checks them (types, finiteness, ranges)."""
     d = defaults
-    lo, hi = (d.interval_lo, d.interval_hi) if interval is None else (float(interval[0]), float(interval[1]))
-    return replace(d, steps=int(d.steps if steps is None else steps), interval_lo=lo, interval_hi=hi,
-                   guidance=float(d.guidance if guidance is None else guidance),
+    lo, hi = (d.interval_lo, d.interval_hi) if interval is None else _pair(interval)
+    return replace(d, steps=d.steps if steps is None else steps, interval_lo=lo, interval_hi=hi,
+                   guidance=d.guidance if guidance is None else guidance,
                    sampler=d.sampler if sampler is None else sampler,
-                   size=int(d.size if size is None else size),
-                   shift=float(d.shift if shift is None else shift),
+                   size=d.size if size is None else size,
+                   shift=d.shift if shift is None else shift,
                    apg=bool(d.apg if apg is None else apg),
-                   prior_until=float(d.prior_until if prior_until is None else prior_until),
+                   prior_until=d.prior_until if prior_until is None else prior_until,
                    prior_model=str(d.prior_model if prior_model is None else prior_model))
 
 
+def _pair(interval) -> tuple:
+    """A guidance interval as (lo, hi); its numbers are SampleConfig's to check."""
+    try:
+        lo, hi = interval
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {interval!r}") from None
+    return lo, hi
+
+
+def prompt_list(prompt: str | Sequence[str]) -> list[str]:
+    """One prompt or a list of prompts as a non-empty list of strings ("" = unconditional)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, Iterable) or isinstance(prompt, (bytes, dict)):
+        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompt).__name__}")
+    prompts = list(prompt)
+    bad = next((p for p in prompts if not isinstance(p, str)), None)
+    if bad is not None:
+        raise ValueError(f"prompts must be a string or a list of strings; the list holds {bad!r} "
+                         f"(type {type(bad).__name__})")
+    if not prompts:
+        raise ValueError("no prompts given")
+    return prompts
+
+
 def seed_list(n: int, seed: int | Sequence[int]) -> tuple[int, ...]:
-    """Per-image seeds: seed + i for an int, else the given list (one per image)."""
-    seeds = tuple(seed + i for i in range(n)) if isinstance(seed, int) else tuple(int(s) for s in seed)
+    """Per-image seeds: seed + i for an int, else the given list (one per image); every seed
+    in 0 <= seed < 2**63 (limits.check_seed)."""
+    if isinstance(seed, Iterable) and not isinstance(seed, (str, bytes)):
+        seeds = tuple(check_seed(s) for s in seed)
+    else:
+        first = check_seed(seed)
+        if n > 0:
+            check_seed(first + n - 1, f"seed + {n - 1} (the last image's seed)")
+        seeds = tuple(first + i for i in range(n))
     if len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds given for {n} images")
     return seeds
@@ -75,20 +108,20 @@ class GenerationRequest:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompts", tuple(self.prompts))
-        object.__setattr__(self, "seeds", seed_list(len(self.prompts), self.seeds))
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
-        get_sampler(self.sampler)  # names the allowed samplers
-        lo, hi = self.guidance_interval
-        if not 0 <= lo <= hi <= 1:
-            raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got ({lo}, {hi})")
-        if not 0.0 < self.prior_until <= 1.0:
-            raise ValueError(f"prior_until must be in (0, 1], got {self.prior_until}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        set_ = object.__setattr__  # frozen: the checks store each value in its canonical type
+        set_(self, "prompts", tuple(prompt_list(self.prompts)))
+        set_(self, "seeds", seed_list(len(self.prompts), self.seeds))
+        if self.apg is not None and not isinstance(self.apg, APG):
+            raise ValueError(f"apg must be an APG or None, got {self.apg!r}")
+        # The sampling numbers are a SampleConfig's: its checks are the one place they are validated.
+        lo, hi = _pair(self.guidance_interval)
+        checked = SampleConfig(sampler=self.sampler, steps=self.steps, guidance=self.guidance, shift=self.shift,
+                               apg=self.apg is not None, size=self.size, interval_lo=lo, interval_hi=hi,
+                               prior_until=self.prior_until, prior_model=self.prior_model)
+        for name in ("steps", "guidance", "shift", "size", "prior_until"):
+            set_(self, name, getattr(checked, name))
+        set_(self, "guidance_interval", (checked.interval_lo, checked.interval_hi))
+        set_(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
 
     @classmethod
     def from_sample(cls, prompts: Sequence[str], sample: SampleConfig, seed: int | Sequence[int] = 0,
@@ -98,9 +131,9 @@ class GenerationRequest:
         guidance_interval None keeps the settings' interval."""
         if guidance_interval is None:
             guidance_interval = (sample.interval_lo, sample.interval_hi)
-        return cls(tuple(prompts), seed, size=sample.size, sampler=sample.sampler, steps=sample.steps,
+        return cls(prompts, seed, size=sample.size, sampler=sample.sampler, steps=sample.steps,
                    shift=sample.shift, guidance=sample.guidance, apg=apg if sample.apg else None,
-                   guidance_interval=tuple(guidance_interval), precision=precision, cache=cache,
+                   guidance_interval=guidance_interval, precision=precision, cache=cache,
                    prior_until=sample.prior_until, prior_model=sample.prior_model, batch_size=batch_size)
 
     @property

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ditkit.core.files import atomic_write
+from ditkit.core.files import atomic_save_image, atomic_write_json, atomic_write_text
 from ditkit.core.images import to_pil
 from ditkit.data.shapes import PALETTE, SHAPE_NAMES, ShapeObject, benchmark_prompts, object_caption, render, sample_scene
 from ditkit.engine import Engine, GenerationRequest
@@ -259,7 +259,7 @@ def edit_eval(engine: Engine, tasks, n: int = 50, seed: int = 0, companion: Comp
 
 def save_edit_outputs(results: dict, examples: list, folder: Path, command: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2) + "\n"))
+    atomic_write_json(folder / "results.json", results)
     by_task: dict[str, list] = {}
     for name, im in examples:
         by_task.setdefault(name, []).append(im)
@@ -271,8 +271,8 @@ def save_edit_outputs(results: dict, examples: list, folder: Path, command: str 
         for im in ims[:8]:
             sheet.paste(im, (x, 0))
             x += im.size[0] + 4
-        atomic_write(folder / f"{name}.png", sheet.save)
+        atomic_save_image(folder / f"{name}.png", sheet)
     lines = [f"# ditkit eval edit: {results.get('model')}", "", f"Command: `{command}`" if command else "", "",
              "```json", json.dumps(results, indent=2), "```", ""]
     lines += [f"![{name}]({name}.png)" for name in by_task]
-    atomic_write(folder / "report.md", lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+    atomic_write_text(folder / "report.md", "\n".join(lines) + "\n")

@@ -260,8 +260,10 @@ class FWDStats:
             raise ValueError(f"FWD statistics file not found: {path}")
         try:
             f = np.load(path, allow_pickle=False)  # never unpickle: a stats file must not run code
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path} is not a readable .npz of FWD statistics ({e})") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeError) as e:
+            # numpy's own message for a non-archive talks about allow_pickle, which misleads
+            raise ValueError(f"{path} is not a ditkit FWD statistics file: not an .npz archive (expected one written "
+                             f"by `ditkit eval fwd --save-stats`, with keys {', '.join(_STATS_KEYS)})") from e
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise ValueError(f"{path} holds a single array, not an .npz of FWD statistics "
                              f"(keys {', '.join(_STATS_KEYS)})")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ditkit.core.files import atomic_save_image
 from ditkit.core.reports import bar_plot, confusion_plot, markdown_table, write_json, write_report
 from ditkit.evaluation.shapes_scoring import score_image
 
@@ -32,9 +33,9 @@ def save_eval_outputs(result: dict, out_dir: str | Path, command: str = "") -> N
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (im, (cat, prompt)) in enumerate(zip(result["images"], result["prompts"])):
-        im.save(out / "images" / f"{i:04d}.png")
+        atomic_save_image(out / "images" / f"{i:04d}.png", im)
         rows.append({"index": i, "category": cat, "prompt": prompt, "correct": bool(score_image(im, prompt))})
-    image_grid(result["images"]).save(out / "grid.png")
+    atomic_save_image(out / "grid.png", image_grid(result["images"]))
     summary = {k: v for k, v in result.items() if k not in ("images", "prompts")}
     write_json(out / "results.json", {**summary, "per_image": rows})
     bar_plot(out / "scores.png", {"overall": result["overall"], **result["categories"]}, "ShapesEval")
@@ -53,8 +54,8 @@ def save_digits_outputs(result: dict, out_dir: str | Path, command: str = "") ->
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(result["images"]):
-        im.save(out / "images" / f"{i:04d}.png")
-    image_grid(result["images"], columns=result["settings"]["per_digit"]).save(out / "grid.png")
+        atomic_save_image(out / "images" / f"{i:04d}.png", im)
+    atomic_save_image(out / "grid.png", image_grid(result["images"], columns=result["settings"]["per_digit"]))
     summary = {k: v for k, v in result.items() if k not in ("images", "prompts")}
     write_json(out / "results.json", summary)
     bar_plot(out / "per_digit.png", result["per_digit"], "digit accuracy (judge vs prompt)", ylabel="accuracy")

@@ -29,15 +29,14 @@ Weights are read from safetensors only (never pickle).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ditkit.core.checkpoint import load_model, resolve_model, save_model
+from ditkit.core.checkpoint import load_model, require_safetensors_weights, resolve_model, save_model
 from ditkit.core.config import SampleConfig
+from ditkit.core.files import atomic_folder
 from ditkit.core.model import PIXART, DiT, DiTConfig
 from ditkit.interop.diffusers_folder import is_diffusers_folder
 
@@ -269,6 +268,7 @@ def load_diffusers(folder: str | Path) -> "PixArtTransformer2DModel":
     if name != DIFFUSERS_CLASS:
         raise ValueError(f"{folder} holds a {name or 'non-diffusers'} model; allowed: {DIFFUSERS_CLASS}")
     if not (folder / DIFFUSERS_WEIGHTS).is_file():
+        require_safetensors_weights(folder, "diffusers folder")  # pickled weights only: say so
         raise ValueError(f"{folder} has no {DIFFUSERS_WEIGHTS} (only safetensors weights are read, never pickle)")
     # use_safetensors=True: never fall back to a pickled .bin; low_cpu_mem_usage=False avoids needing accelerate.
     return _pixart_class().from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
@@ -306,16 +306,9 @@ def convert_folder(src: str | Path, to: str, out: str | Path) -> Path:
                          f"{DIFFUSERS_CLASS!r}); --to ditkit converts from diffusers")
     if to == "diffusers" and src_is_diffusers:
         raise ValueError(f"{src!r} is already a diffusers folder; --to diffusers converts a ditkit model")
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_folder(out) as tmp:
         if to == "ditkit":
             diffusers_folder_to_ditkit(src, tmp)
         else:
             ditkit_folder_to_diffusers(src, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -9,10 +9,14 @@ diffusers is an optional dependency (the [interop] extra) and is imported lazily
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
+
+from ditkit.core.checkpoint import require_safetensors_weights
 
 # The diffusers transformers whose blocks ditkit can analyse and prune.
 DIFFUSERS_CLASSES = ("PixArtTransformer2DModel", "SD3Transformer2DModel")
@@ -34,10 +38,32 @@ def load_diffusers_transformer(path: str | Path) -> nn.Module:
     name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
     if name not in DIFFUSERS_CLASSES:
         raise ValueError(f"unsupported diffusers class {name!r}; allowed: {', '.join(DIFFUSERS_CLASSES)}")
+    require_safetensors_weights(path, "diffusers folder")
     import diffusers  # optional dependency (the [interop] extra)
 
-    # low_cpu_mem_usage=False: the default asks for `accelerate` (not a dependency) and prints a warning.
-    return getattr(diffusers, name).from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False).eval()
+    # use_safetensors=True: never fall back to unpickling a .bin. low_cpu_mem_usage=False: the
+    # default asks for `accelerate` (not a dependency) and prints a warning.
+    with _quiet_diffusers():
+        return getattr(diffusers, name).from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                        low_cpu_mem_usage=False).eval()
+
+
+@contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers' loader logs to stderr (config keys it ignores, hints) and may draw progress
+    bars; ditkit reports its own errors and progress, so both are off while a folder loads
+    and restored after."""
+    from diffusers.utils import logging as diffusers_logging  # optional dependency (the [interop] extra)
+
+    level, bars = diffusers_logging.get_verbosity(), diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        if bars:
+            diffusers_logging.enable_progress_bar()
 
 
 def calibration_inputs(transformer: nn.Module, batch: int = 4, num_timesteps: int = 8, text_tokens: int = 16,

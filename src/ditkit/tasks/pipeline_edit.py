@@ -18,9 +18,10 @@ from ditkit.core.conditions import inpaint_condition, upscale_condition
 from ditkit.core.config import SampleConfig
 from ditkit.core.images import (ImageLike, check_strength, load_image, load_mask, mask_tensor, paste_kept, to_pil,
                                 to_tensor, working_size)
+from ditkit.core.limits import MAX_NUM_IMAGES, MAX_RESAMPLE, check_int, check_number
 from ditkit.core.sampling import get_sampler
 from ditkit.core.sampling import sample as integrate
-from ditkit.engine.generate import Engine, initial_noise
+from ditkit.engine.generate import Engine, check_finite, initial_noise
 from ditkit.tasks import editing as tasks
 
 INPAINT_METHODS = ("auto", "blend", "model")
@@ -33,15 +34,13 @@ Companion = Callable[[str], "Engine | None"]
 
 
 def _int_amount(name: str, value) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number of pixels, got {value!r}") from None
-    if v != value and not (isinstance(value, float) and value.is_integer()):
-        raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0 pixels, got {v}")
-    return v
+    """Pixels to add on one side (outpaint); the upper bound (at most doubling) needs the image."""
+    return check_int(name, value, 0)
+
+
+def check_resample(resample) -> int:
+    """RePaint rounds per step: each costs a full step, hence the bound (limits.MAX_RESAMPLE)."""
+    return check_int("resample", resample, 0, MAX_RESAMPLE)
 
 
 def task_settings(engine: Engine, kind: str, steps=None, guidance=None, sampler=None, shift=None,
@@ -69,15 +68,14 @@ def vary(engine: Engine, image: ImageLike, prompt: str = "", strength: float = 0
     """SDEdit variations of an image (with a prompt: text+image fusion, "add a red circle").
     strength 0 keeps the image, 1 ignores it. Output at the model's size."""
     s = check_strength(strength)
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    num_images = check_int("num_images", num_images, 1, MAX_NUM_IMAGES)
     sample = task_settings(engine, "text", steps, guidance, sampler, shift)
     im = load_image(image)
     work = working_size(im.size, sample.size)
     x0 = to_tensor(im, work).to(engine.device).repeat(num_images, 1, 1, 1)
     eps = _noise(engine, num_images, tuple(x0.shape[1:]), seed)
     vel = tasks.text_velocity(engine.model, engine.encoder, [prompt] * num_images, sample, precision=precision)
-    return to_pil(tasks.sdedit(vel, x0, eps, s, sample))
+    return to_pil(check_finite(tasks.sdedit(vel, x0, eps, s, sample), engine.source))
 
 
 @torch.no_grad()
@@ -97,7 +95,7 @@ def edit(engine: Engine, image: ImageLike, source_prompt: str, prompt: str, stre
     ts = tasks.partial_schedule(sample, t_max)
     noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]))
     target = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision)
-    return to_pil(get_sampler(sample.sampler)(target, noise, ts))[0]
+    return to_pil(check_finite(get_sampler(sample.sampler)(target, noise, ts), engine.source))[0]
 
 
 # -- inpainting and outpainting ---------------------------------------------------------------
@@ -106,8 +104,7 @@ def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt
                     companion: Companion | None) -> torch.Tensor:
     if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; allowed: {', '.join(INPAINT_METHODS)}")
-    if resample < 0:
-        raise ValueError(f"resample must be >= 0, got {resample}")
+    resample = check_resample(resample)
     use = engine
     if method in ("auto", "model") and engine.model.config.cond_channels != 4:
         use = companion("inpaint") if companion is not None else None
@@ -125,10 +122,13 @@ def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt
         vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision,
                                   cond=inpaint_condition(x0, fill), window=window)
         if resample:
-            return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
-        return sample_with(vel, eps, sample)
-    vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision, window=window)
-    return tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+            x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+        else:
+            x = sample_with(vel, eps, sample)
+    else:
+        vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision, window=window)
+        x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+    return check_finite(x, use.source)
 
 
 @torch.no_grad()
@@ -140,6 +140,7 @@ def inpaint(engine: Engine, image: ImageLike, mask: ImageLike, prompt: str = "",
     one `companion("inpaint")` returns), 'blend' (training-free, any model), 'auto' (model if
     there is one). resample: RePaint resampling rounds per step. The output has the input's
     size and its pixels outside the mask are the input's, byte for byte."""
+    check_resample(resample)  # before reading any image
     im = load_image(image)
     fill_full = load_mask(mask, im.size)
     if fill_full.all():
@@ -161,9 +162,10 @@ def outpaint(engine: Engine, image: ImageLike, prompt: str = "", left: int = 0, 
     """Extend the canvas by the given pixels on each side (the new canvas at most twice the
     image's width and height) and fill the new area. Canvases larger than the model's
     size are sampled in overlapping windows. The original pixels are kept byte for byte."""
+    check_resample(resample)
+    l, r, t, b = (_int_amount(n, v) for n, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)))
     im = load_image(image)
     w, h = im.size
-    l, r, t, b = (_int_amount(n, v) for n, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)))
     if l + r + t + b == 0:
         raise ValueError("outpaint needs at least one of left/right/top/bottom > 0")
     if l + r > w or t + b > h:
@@ -206,9 +208,7 @@ def fuse(engine: Engine, image_a: ImageLike, image_b: ImageLike, alpha: float = 
     SDEdit-style. mode "noise": invert A and B under their prompts to t = strength
     (default 1, pure noise), interpolate the noises spherically and regenerate; it
     measured far lower on the shapes world (docs/editing.md)."""
-    a = float(alpha)
-    if not 0 <= a <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    a = check_number("alpha", alpha, 0.0, 1.0)
     if mode not in FUSE_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; allowed: {', '.join(FUSE_MODES)}")
     t_max = check_strength(strength if strength is not None else (0.5 if mode == "pixels" else 1.0))
@@ -231,12 +231,13 @@ def fuse(engine: Engine, image_a: ImageLike, image_b: ImageLike, alpha: float = 
     vel = tasks.text_velocity(engine.model, enc, [], sample, precision=precision, context=context)
     if mode == "pixels":
         mixed = tasks.multiply_blend(xs[0], xs[1], a)
-        return to_pil(tasks.sdedit(vel, mixed, _noise(engine, 1, tuple(mixed.shape[1:]), seed), t_max, sample))[0]
+        x = tasks.sdedit(vel, mixed, _noise(engine, 1, tuple(mixed.shape[1:]), seed), t_max, sample)
+        return to_pil(check_finite(x, engine.source))[0]
     ts = tasks.partial_schedule(sample, t_max)
     noises = [tasks.invert(tasks.text_velocity(engine.model, enc, [pr], sample, guidance=1.0, precision=precision),
                            x, len(ts) - 1, float(ts[0])) for x, pr in zip(xs, (prompt_a, prompt_b))]
     noise = tasks.slerp(noises[0], noises[1], a)
-    return to_pil(get_sampler(sample.sampler)(vel, noise, ts))[0]
+    return to_pil(check_finite(get_sampler(sample.sampler)(vel, noise, ts), engine.source))[0]
 
 
 # -- upscaling -------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def upscale(engine: Engine, image: ImageLike, prompt: str = "", seed: int = 0, s
     window = 2 * engine.model.config.sample_size
     vel = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision, cond=cond,
                               window=window)
-    return to_pil(sample_with(vel, eps, sample))[0]
+    return to_pil(check_finite(sample_with(vel, eps, sample), engine.source))[0]
 
 
 def sample_with(velocity, noise: torch.Tensor, settings) -> torch.Tensor:

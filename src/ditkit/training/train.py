@@ -8,7 +8,10 @@ progress, time budget) are the one loop of training/loop.py.
 Exact resume: the batch, caption dropout, noise and times of step k are drawn from
 generators seeded by (seed, k) alone, not from a running RNG stream, so a run killed at
 any point and resumed from its last checkpoint replays the same data and the same loss
-sequence as an uninterrupted run. The periodic ShapesEval / digit accuracy of the EMA
+sequence as an uninterrupted run, bit for bit (tests/test_resume_kill.py SIGKILLs a real
+process): the text encoder encodes each caption alone (core.encoders), so its states do not
+depend on the batch that first met it. Every file is written atomically (core.files); on start
+and on resume the temporary files of a killed writer are removed. The periodic ShapesEval / digit accuracy of the EMA
 model is why training sits above evaluation in the layers (docs/architecture.md).
 """
 
@@ -28,10 +31,11 @@ from ditkit.core.checkpoint import (STATE_FILE, _load_tensors, load_weights_into
 from ditkit.core.conditions import check_task, downsample, inpaint_condition, inpaint_training_masks, upscale_condition
 from ditkit.core.config import Config, DiTConfig
 from ditkit.core.encoders import get_text_encoder
+from ditkit.core.files import LineLog, atomic_write, atomic_write_text, remove_orphan_temps
 from ditkit.core.flow import (flow_loss, interpolate, posterior_mean_x0, sample_time_logit_normal,
                               velocity_target_from_x0_estimate)
 from ditkit.core.model import DiT, count_parameters, load_base_weights
-from ditkit.core.precision import training_precision
+from ditkit.core.precision import resolve_device, training_precision
 from ditkit.data import make_batch
 from ditkit.data.shapes import make_scene_batch, reference_images
 from ditkit.evaluation.evaluate import digits_eval, shapes_eval
@@ -197,7 +201,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue
-    path.write_text("".join(k + "\n" for k in keep))
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
 def plot_loss_curve(log_path: Path, out_png: Path) -> None:
@@ -222,10 +226,10 @@ def plot_loss_curve(log_path: Path, out_png: Path) -> None:
         ax2.set_ylabel(label), ax2.set_ylim(0, 1)
     ax.set_title(log_path.parent.name)
     fig.tight_layout()
-    tmp = out_png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_png)
+    try:
+        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True,
@@ -233,16 +237,23 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     """Train per `cfg`; returns {"step", "loss"}. `stop_after` ends the run early after that many
     steps in this call (used by tests to simulate a kill)."""
     out = Path(cfg.train.output_dir)
-    device = torch.device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, precision=training_precision(cfg.train.precision, device)))
     state_path = out / STATE_FILE
     if state_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it "
                          "or choose another train.output_dir")
+    if resume and not (state_path.exists() or (out / "log.jsonl").exists()):
+        where = "does not exist" if not out.exists() else f"holds no run ({STATE_FILE} or log.jsonl)"
+        raise ValueError(f"nothing to resume: the run folder {out} (train.output_dir) {where}; "
+                         "start a new run without --resume, or set train.output_dir to the run to continue")
     check_task(cfg.train.task, cfg.model.cond_channels)
     check_stable_target(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-write left its temporary files; no writer of this run has started yet.
+    for folder in (out, out / "model"):
+        remove_orphan_temps(folder)
     torch.manual_seed(cfg.train.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -255,13 +266,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
     if resume and state_path.exists():
         start = loop.resume(out)
         _truncate_log(out / "log.jsonl", start)
-    (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+    atomic_write_text(out / "config.yaml", json.dumps(cfg.to_dict(), indent=2))
     # On a GPU the encoder runs there too (the few thousand distinct captions are cached either way).
     encoder = get_text_encoder(cfg.text_encoder, device=device if device.type == "cuda" else "cpu")
     if encoder.dim != cfg.model.text_dim:
         raise ValueError(f"text encoder {cfg.text_encoder!r} gives {encoder.dim}-dim states but model.text_dim is {cfg.model.text_dim}")
     # A fresh start (no checkpoint yet) rewrites the log: a run killed before its first checkpoint replays from 0.
-    log = (out / "log.jsonl").open("a" if start > 0 else "w")
+    log = LineLog(out / "log.jsonl", fresh=start == 0)
     loop.model.train()
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, start + stop_after)
     if start == 0:
@@ -270,7 +281,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True,
 
     def budget_cut(steps: int) -> None:  # the time budget lowered the step count: record it
         cfg.train.steps = steps
-        (out / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_text(out / "config.yaml", json.dumps(cfg.to_dict(), indent=2))
 
     def evaluate(done: int) -> None:
         if cfg.train.eval_every and done % cfg.train.eval_every == 0:

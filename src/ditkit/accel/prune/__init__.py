@@ -12,26 +12,29 @@ whose removal raises the validation flow-matching loss least (measured, so
 the most faithful and the slowest); `benchmark` screens sets of blocks by the
 dataset's own benchmark.
 
-One job per module:
-- calibration: the fixed held-out batches, validation loss, calibration prompts;
-- surgery: removing blocks, linear stand-ins and fitting them;
-- selection: choosing blocks (scores, ablation, the benchmark screen) and the ablation truth;
+Measuring blocks is ditkit.analysis's job, and pruning imports it from there: the fixed
+held-out batches, validation loss and calibration prompts (analysis.calibration), removing
+and skipping blocks (analysis.surgery), fitting linear stand-ins (analysis.standins) and
+the ablation truth (analysis.ablation). They are re-exported here, so
+`from ditkit.accel.prune import remove_blocks` keeps working.
+
+One job per module here:
+- selection: choosing blocks (scores, the benchmark screen);
 - recovery: recovery tuning and teacher trajectories;
 - recipe: prune_model, the whole recipe for a ditkit model folder;
 - diffusers: the same for a diffusers transformer folder.
 """
 
-from ditkit.accel.prune.calibration import default_calibration_prompts, fixed_batches, validation_loss
 from ditkit.accel.prune.diffusers import diffusers_ablation, prune_diffusers, remove_diffusers_blocks
 from ditkit.accel.prune.recipe import prune_model
 from ditkit.accel.prune.recovery import DEFAULT_RECOVERY, RECOVERY_TIMES, recovery_tune, teacher_trajectories
-from ditkit.accel.prune.selection import (EXPECTED_SIGN, PRUNE_SELECTORS, SELECTORS, ablation_effects, ablation_losses,
-                                          benchmark_score, benchmark_screen, block_scores, plot_ablation,
-                                          rank_correlations, removable_order)
-from ditkit.accel.prune.surgery import (LinearMaps, block_io_rows, check_k, check_remove, fit_linear_maps,
-                                        remove_blocks, skipping, solve_affine)
-
-_fixed_batches = fixed_batches  # its former private name, which research/standin_fits.py and standin_r2.py import
+from ditkit.accel.prune.selection import (PRUNE_SELECTORS, SELECTORS, benchmark_score, benchmark_screen, block_scores,
+                                          check_k, removable_order)
+from ditkit.analysis.ablation import (EXPECTED_SIGN, ablation_effects, ablation_losses, plot_ablation,
+                                      rank_correlations)
+from ditkit.analysis.calibration import default_calibration_prompts, fixed_batches, validation_loss
+from ditkit.analysis.standins import block_io_rows, fit_linear_maps, solve_affine
+from ditkit.analysis.surgery import LinearMaps, check_remove, remove_blocks, skipping
 
 __all__ = [
     "DEFAULT_RECOVERY", "EXPECTED_SIGN", "PRUNE_SELECTORS", "RECOVERY_TIMES", "SELECTORS", "LinearMaps",

@@ -11,8 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ditkit.accel.prune.selection import SELECTORS, check_selector, removable_order
-from ditkit.accel.prune.surgery import check_k
+from ditkit.accel.prune.selection import SELECTORS, check_k, check_selector, removable_order
 from ditkit.analysis.linearity import analyze_diffusers, find_blocks
 from ditkit.interop.diffusers_folder import calibration_inputs, load_diffusers_transformer
 from ditkit.training.loop import TrainingLoop, TrainSettings

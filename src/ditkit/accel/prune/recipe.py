@@ -9,10 +9,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from ditkit.accel.prune.calibration import default_calibration_prompts
 from ditkit.accel.prune.recovery import DEFAULT_RECOVERY, recovery_tune, teacher_trajectories
-from ditkit.accel.prune.selection import PRUNE_SELECTORS, benchmark_screen, block_scores, check_selector, removable_order
-from ditkit.accel.prune.surgery import check_k, check_remove, fit_linear_maps, remove_blocks
+from ditkit.accel.prune.selection import (PRUNE_SELECTORS, benchmark_screen, block_scores, check_k, check_selector,
+                                          removable_order)
+from ditkit.analysis.calibration import default_calibration_prompts
+from ditkit.analysis.standins import fit_linear_maps
+from ditkit.analysis.surgery import check_remove, remove_blocks
 from ditkit.core.checkpoint import load_model, read_model_config, resolve_model, save_model
 from ditkit.core.encoders import get_text_encoder
 

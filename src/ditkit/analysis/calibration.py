@@ -1,7 +1,7 @@
-"""Fixed held-out data for pruning: the batches that fit linear stand-ins, the validation
-flow-matching loss that scores ablations, and the default calibration prompts. The
-same on every call (fixed seeds, noise and times), so two models are compared on
-exactly the same inputs."""
+"""Fixed held-out data for measuring blocks: the batches that fit linear stand-ins, the
+validation flow-matching loss that scores ablations, and the default calibration prompts.
+The same on every call (fixed seeds, noise and times), so two models (a model and its
+pruned copy, or the model with one block skipped) are compared on exactly the same inputs."""
 
 from __future__ import annotations
 
