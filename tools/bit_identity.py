@@ -29,6 +29,11 @@ build and thread count (keep OMP_NUM_THREADS the same for both runs; some float 
 depend on it). Run the script twice on the same code first to confirm it is deterministic
 on your machine. The whole run takes about a minute on 2 CPU cores.
 
+tools/bit_identity_reference.txt holds main's hashes (OMP_NUM_THREADS=1, this project's 2-core
+x86 CPU; other CPUs may differ): a refactor diffs against it. A commit that changes outputs on
+purpose refreshes it and says why (issue 26: prompts encoded alone changed the two cases that
+batch prompts of different lengths, calibrate_cache/schedule and generate/best_of2_shapes).
+
 Options: --out FILE (also write the lines there), --cases SUBSTR[,SUBSTR...] (run only
 cases whose name contains one of them), --repeat N (run each case N times in the process
 and report `NONDETERMINISTIC` if the hashes differ), --list (print the case names).
