@@ -85,7 +85,7 @@ def test_smooth_cache_calibration_schedule_and_refusals(pipe, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     for spec in ["smooth:" + str(bad), "smooth:" + str(tmp_path / "none.json"), "smooth:xyz", "first-block:abc",
-                 "first-block:-1", "teacache:0.1"]:
+                 "first-block:-1", "first-block:inf", "first-block:nan", "teacache:0.1"]:
         with pytest.raises(ValueError):
             parse_cache_spec(spec)
 

@@ -21,6 +21,7 @@ engine, is ditkit.engine.calibration.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,8 @@ class FirstBlockCache:
     """One generation's first-block cache. Pass `run_blocks` as DiT.forward's block_runner."""
 
     def __init__(self, threshold: float):
-        if not threshold >= 0:
-            raise ValueError(f"first-block cache threshold must be >= 0, got {threshold}")
+        if not (math.isfinite(threshold) and threshold >= 0):  # inf would reuse every step after the first
+            raise ValueError(f"first-block cache threshold must be a finite number >= 0, got {threshold}")
         self.threshold = float(threshold)
         self.prev_first: torch.Tensor | None = None  # block 0's residual at the last full step
         self.rest: torch.Tensor | None = None  # what blocks 1.. added at the last full step
