@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean chromium
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ditkit generate "a red circle to the left of a blue square" -o demo.png --seed 0
 
-test: $(STAMP)
+# Debian's Chromium for the browser tests (tests/test_serve_browser.py launch /usr/bin/chromium;
+# Playwright never downloads a browser). apt needs root, as in CI's container.
+chromium:
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 clean:

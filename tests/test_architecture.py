@@ -24,7 +24,7 @@ SRC = ROOT / "src" / "ditkit"
 
 # docs/architecture.md's layer table, bottom to top.
 LAYERS = {"data": 0, "core": 1, "interop": 2, "engine": 3, "tasks": 4, "evaluation": 5, "training": 6,
-          "analysis": 7, "accel": 8, "api": 9, "cli": 10}
+          "analysis": 7, "accel": 8, "api": 9, "cli": 10, "serve": 10}
 # ditkit/__init__.py (lazy re-exports) and __main__.py (runs the CLI) are the entry points above all layers.
 ENTRY_RANK = len(LAYERS)
 MAX_LINES = 500
@@ -185,6 +185,17 @@ def test_imports_only_go_down_the_layers():
                           f"{dst} ({dst_layer} {layer_rank(dst)})")
     assert not up, (f"{len(up)} imports go up the layers (docs/architecture.md: a module imports only "
                     f"from its own layer or lower ones):\n" + "\n".join(up))
+
+
+def test_only_the_serve_verb_imports_serve():
+    """serve is an entry point beside cli: only ditkit.cli.serve starts it, and serve needs nothing of cli."""
+    bad = []
+    for src, edges in sorted(import_graph().items()):
+        for dst, line in edges.items():
+            into_serve = dst.split(".")[:2] == ["ditkit", "serve"] and src.split(".")[:2] != ["ditkit", "serve"]
+            if (into_serve and src != "ditkit.cli.serve") or (src.startswith("ditkit.serve") and dst.startswith("ditkit.cli")):
+                bad.append(f"{src}:{line} imports {dst}")
+    assert not bad, "docs/architecture.md: only ditkit.cli.serve imports serve; serve imports no cli\n" + "\n".join(bad)
 
 
 def test_modules_over_500_lines_say_why():

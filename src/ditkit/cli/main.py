@@ -13,7 +13,7 @@ import argparse
 import shlex
 import sys
 
-from ditkit.cli import analyze, edit, evaluate, generate, info, train
+from ditkit.cli import analyze, edit, evaluate, generate, info, serve, train
 from ditkit.cli.common import CliParser, run_handler
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="ditkit", description="Train, sample and evaluate diffusion transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", parser_class=CliParser)
-    for group in (generate, evaluate, edit, info, analyze, train):  # the order `ditkit --help` lists them
+    for group in (generate, evaluate, edit, info, analyze, train, serve):  # the order `ditkit --help` lists them
         group.add_parsers(sub)
     return parser
 

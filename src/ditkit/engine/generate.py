@@ -29,7 +29,7 @@ from ditkit.core.precision import model_for
 from ditkit.core.sampling import StepInfo, get_sampler, pure_noise_prior, timesteps
 from ditkit.engine.cache import CachedModel, parse_cache_spec
 from ditkit.engine.request import CacheFactory, CacheSetting, GenerationRequest, sample_settings, seed_list
-from ditkit.engine.velocity import prompt_velocity
+from ditkit.engine.velocity import fixed_length_context, prompt_velocity
 
 # The user callback gets the sampler's StepInfo ({step, steps, t, x, x0} of the current batch)
 # plus progress over the whole request: done and total in image-steps, and index, the position
@@ -141,11 +141,15 @@ class Engine:
         outs, total, done = [], len(prompts) * request.steps, 0
         for i in range(0, len(prompts), b):
             chunk = list(prompts[i:i + b])
+            rows, x = len(chunk), noise[i:i + len(chunk)]
+            if request.fixed_shape and rows < b:  # dummy rows: unconditional, zero noise, dropped after
+                chunk += [""] * (b - rows)
+                x = torch.cat([x, x.new_zeros(b - rows, *x.shape[1:])])
             net = CachedModel(runner, make_cache()) if make_cache else runner
             velocity = self.batch_velocity(request, chunk, net, prior)
-            report = _progress(callback, done, len(chunk), total, i) if callback else None
-            outs.append(check_finite(sampler(velocity, noise[i:i + len(chunk)], ts, report), self.source))
-            done += len(chunk) * request.steps
+            report = _progress(callback, done, rows, total, i) if callback else None
+            outs.append(check_finite(sampler(velocity, x, ts, report)[:rows], self.source))
+            done += rows * request.steps
         return torch.cat(outs)
 
     def batch_velocity(self, request: GenerationRequest, prompts: Sequence[str], net: torch.nn.Module,
@@ -154,19 +158,22 @@ class Engine:
         with the first steps from a pure-noise prediction where the request asks for them."""
         # int8 runs its quantized Linear layers without autocast
         precision = "fp32" if request.precision == "int8" else request.precision
+        context = fixed_length_context(self.encoder, prompts, self.device) if request.fixed_shape else None
         velocity = prompt_velocity(net, self.encoder, prompts, request.guidance, request.apg,
-                                   request.guidance_interval, precision)
+                                   request.guidance_interval, precision, context)
         if request.uses_prior:
-            at_one = prompt_velocity(prior, self.encoder, prompts, request.guidance, precision=precision) \
-                if prior is not None else None
+            at_one = prompt_velocity(prior, self.encoder, prompts, request.guidance, precision=precision,
+                                     context=context) if prior is not None else None
             velocity = pure_noise_prior(velocity, request.prior_until, at_one)
         return velocity
 
 
 def _progress(callback: ProgressCallback, done: int, batch: int, total: int, index: int) -> Callable[[StepInfo], None]:
-    """The sampler callback of one batch: its StepInfo plus the request's progress."""
+    """The sampler callback of one batch: its StepInfo (x and x0 cut to the batch's real rows,
+    without fixed_shape's dummy rows) plus the request's progress."""
     def report(info: StepInfo) -> None:
-        callback({**info, "done": done + info["step"] * batch, "total": total, "index": index})
+        rows = {k: info[k][:batch] for k in ("x", "x0") if isinstance(info.get(k), torch.Tensor)}
+        callback({**info, **rows, "done": done + info["step"] * batch, "total": total, "index": index})
 
     return report
 

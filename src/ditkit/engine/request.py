@@ -91,7 +91,10 @@ class GenerationRequest:
     of fresh ditkit.engine.cache policies (each batch gets its own). prior_until, prior_model:
     steps with t >= prior_until take x0 from the t = 1 prediction of prior_model ("" = the
     model itself; sampling.pure_noise_prior). batch_size: prompts per forward batch (an image
-    does not depend on its batch)."""
+    does not depend on its batch). fixed_shape: every forward batch runs at exactly batch_size
+    rows (dummy rows appended) with text states padded to the encoder's max length, so an
+    image is bit-identical whichever other prompts share its batch (on CPU, a matmul's result
+    can change in the last bits with its shape); the server batches requests this way."""
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     size: int = SampleConfig.size  # the defaults are SampleConfig's, written once there
@@ -106,6 +109,7 @@ class GenerationRequest:
     prior_until: float = SampleConfig.prior_until
     prior_model: str = SampleConfig.prior_model
     batch_size: int = 16
+    fixed_shape: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the checks store each value in its canonical type
@@ -122,6 +126,8 @@ class GenerationRequest:
             set_(self, name, getattr(checked, name))
         set_(self, "guidance_interval", (checked.interval_lo, checked.interval_hi))
         set_(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
+        if not isinstance(self.fixed_shape, bool):
+            raise ValueError(f"fixed_shape must be True or False, got {self.fixed_shape!r}")
 
     @classmethod
     def from_sample(cls, prompts: Sequence[str], sample: SampleConfig, seed: int | Sequence[int] = 0,

@@ -21,6 +21,17 @@ def encode_with_empty(encoder, prompts: Sequence[str], device: torch.device) -> 
     return cond, uncond
 
 
+def fixed_length_context(encoder, prompts: Sequence[str], device: torch.device) -> Context:
+    """The prompts' (states, mask) padded with masked zeros to the encoder's max length, so the
+    context's shape does not depend on which prompts share the batch (GenerationRequest.fixed_shape)."""
+    states, mask = encoder.encode(list(prompts), device)
+    extra = encoder.max_length - states.shape[1]
+    if extra > 0:
+        states = torch.cat([states, states.new_zeros(states.shape[0], extra, states.shape[2])], 1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], 1)
+    return states, mask
+
+
 def prompt_velocity(model: torch.nn.Module, encoder, prompts: Sequence[str], guidance: float,
                     apg: APG | None = None, interval: tuple[float, float] = (0.0, 1.0),
                     precision: str = "fp32", context: Context | None = None) -> Velocity:

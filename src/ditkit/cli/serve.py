@@ -1,0 +1,67 @@
+"""`ditkit serve`: the HTTP API and web page (ditkit.serve) on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import warnings
+from pathlib import Path
+
+from ditkit.api import load
+from ditkit.cli.common import add_debug
+from ditkit.core.limits import check_int
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("serve", help="serve the OpenAI-compatible image API, the job API and the web page")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--models", default="shapes-64", help="comma-separated model names or folders to load")
+    s.add_argument("--max-queue", type=int, default=32, help="queued jobs per model before 429")
+    s.add_argument("--max-batch", type=int, default=4, help="images per sampler batch")
+    s.add_argument("--api-key-file", type=Path, help="file holding the bearer key clients must send")
+    s.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished jobs and images are kept")
+    s.add_argument("--cors-origin", help="the one origin allowed by CORS (off by default)")
+    s.add_argument("--device", default="cpu")
+    add_debug(s)
+    s.set_defaults(handler=cmd_serve)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:  # the [serve] extra: fastapi and uvicorn are optional dependencies
+        import uvicorn
+
+        from ditkit.serve.app import create_app
+        from ditkit.serve.settings import ServeSettings
+    except ImportError as e:
+        raise ValueError(f"ditkit serve needs the serve extra (pip install 'ditkit[serve]'): {e}") from None
+    check_int("--port", args.port, 0, 65535)
+    key = None
+    if args.api_key_file is not None:
+        if not args.api_key_file.is_file():
+            raise ValueError(f"--api-key-file {str(args.api_key_file)!r} does not exist")
+        key = args.api_key_file.read_text().strip()
+    settings = ServeSettings(max_queue=args.max_queue, max_batch=args.max_batch, results_ttl=args.results_ttl,
+                             api_key=key, cors_origin=args.cors_origin)
+    if not is_loopback(args.host) and key is None:
+        warnings.warn(f"binding {args.host} without --api-key-file: anyone who can reach this address can use the "
+                      "server")
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--models is empty: give at least one model name or folder")
+    pipes = {Path(name).name: load(name, device=args.device) for name in names}
+    app = create_app(pipes, settings)
+    print(f"ditkit serve: {', '.join(pipes)} on http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    app.state.service.close()
+    return 0

@@ -1,0 +1,9 @@
+"""`ditkit serve`: an HTTP API over ditkit.api (an entry point beside cli, rank 10).
+
+    app = create_app({"shapes-64": ditkit.load("shapes-64")}, ServeSettings())   # serve.app
+
+OpenAI-Images-compatible endpoints (serve.openai_routes), a native job API for every task
+(serve.job_routes), one worker thread per model with a bounded queue and shape-invariant
+batching (serve.worker), results kept in memory for a TTL (serve.jobs). docs/serving.md
+documents the API. Nothing outside ditkit.cli.serve imports this package.
+"""

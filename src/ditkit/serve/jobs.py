@@ -1,0 +1,113 @@
+"""Jobs and the in-memory store of jobs and their images (deleted after the TTL).
+
+Result images live only in memory as PNG bytes under server-made ids: no client-supplied
+path ever reaches the filesystem. All state changes go through the job's lock; the event
+list only grows, so an event stream reads it by index without holding anything."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class Job:
+    """One request. task_args: the keyword arguments of the Pipeline method (images decoded);
+    seeds: one per image. batch_key: jobs with equal keys may share a sampler batch (None: never).
+    step of steps counts `unit`s: sampler steps ("step", generate) or finished images ("image",
+    the editing tasks, whose Pipeline methods report no sampler steps)."""
+    task: str
+    model: str
+    task_args: dict
+    seeds: list[int]
+    batch_key: tuple | None = None
+    id: str = field(default_factory=lambda: "job_" + secrets.token_hex(12))
+    state: str = "queued"
+    progress: float = 0.0
+    step: int = 0
+    steps: int = 0
+    unit: str = "step"
+    images: list[bytes] = field(default_factory=list)
+    error: dict | None = None
+    created: float = field(default_factory=time.time)
+    finished_at: float | None = None  # on the store's clock
+    cancel_requested: bool = False
+    events: list[tuple[str, dict]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def emit(self, name: str, data: dict) -> None:
+        self.events.append((name, data))
+
+    def report(self, step: int, progress: float, preview: str | None = None) -> None:
+        """Record and emit a progress event: {progress, step, steps, unit, preview?}."""
+        self.step, self.progress = step, progress
+        event = {"progress": progress, "step": step, "steps": self.steps, "unit": self.unit}
+        if preview is not None:
+            event["preview"] = preview
+        self.emit("progress", event)
+
+    def view(self) -> dict:
+        """The job as GET /v1/jobs/{id} returns it."""
+        return {"id": self.id, "task": self.task, "model": self.model, "state": self.state,
+                "progress": self.progress, "step": self.step, "steps": self.steps, "unit": self.unit,
+                "result": [f"/v1/files/{self.id}/{k}.png" for k in range(len(self.images))],
+                "error": self.error, "seeds": list(self.seeds), "created": int(self.created)}
+
+
+class JobStore:
+    """Jobs by id; finished ones are dropped results_ttl seconds after they finish (on `clock`,
+    time.monotonic unless a test gives another)."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self.ttl, self.clock = ttl, clock
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job: Job) -> None:
+        self.purge()  # also here, not only on lookups: clients that never look up (OpenAI's) must not fill memory
+        with self._lock:
+            self._jobs[job.id] = job
+
+    def remove(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def get(self, job_id: str) -> Job | None:
+        self.purge()
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def finish(self, job: Job, state: str, images: list[bytes] | None = None, error: dict | None = None) -> None:
+        """Move a job to a terminal state (once) and emit its last event."""
+        with job.lock:
+            if job.state in TERMINAL:
+                return
+            job.state, job.finished_at = state, self.clock()
+            if state == "completed":
+                job.images, job.progress = list(images or []), 1.0
+                job.emit("completed", {"result": job.view()["result"]})
+            elif state == "failed":
+                job.error = error
+                job.emit("failed", {"error": error})
+            else:
+                job.emit("cancelled", {})
+
+    def purge(self) -> None:
+        now = self.clock()
+        with self._lock:
+            old = [i for i, j in self._jobs.items() if j.finished_at is not None and now - j.finished_at >= self.ttl]
+            for i in old:
+                del self._jobs[i]

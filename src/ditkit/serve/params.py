@@ -1,0 +1,227 @@
+"""Client input -> a checked Job: models, tasks, limits, sizes and uploaded images.
+
+Every check runs before a job is queued, so a bad request is a 4xx at once and never
+occupies the queue. Numbers go through ditkit's own checks (core.limits via SampleConfig and
+GenerationRequest), so the server refuses what the API and the CLI refuse, with the same
+message; the server's tighter limits (ServeSettings.max_*) come first and name the limit.
+Uploads are decoded with Pillow's decompression-bomb guard after core.images.check_pixels
+has seen the header; nothing is unpickled and nothing touches the filesystem."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import secrets
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ditkit.api import Pipeline
+from ditkit.core.images import check_pixels, check_strength
+from ditkit.core.limits import check_int, check_number, check_seed
+from ditkit.core.sampling import SAMPLER_NAMES
+from ditkit.serve.errors import ApiError
+from ditkit.serve.jobs import Job
+from ditkit.serve.settings import ServeSettings
+from ditkit.tasks.pipeline_edit import INPAINT_METHODS
+
+TASKS = ("generate", "inpaint", "outpaint", "vary", "edit", "fuse", "upscale")
+SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+SEED_DRAW = 2 ** 31  # a random seed when the client gives none (returned in the job's seeds)
+
+
+def tasks_for(pipe: Pipeline) -> list[str]:
+    """What a model serves, by the condition channels it was trained with (tasks.pipeline_edit)."""
+    cond = pipe.model.config.cond_channels
+    if cond == 4:
+        return ["inpaint", "outpaint"]
+    if cond == 3:
+        return ["upscale"]
+    return ["generate", "inpaint", "outpaint", "vary", "edit", "fuse"]
+
+
+def pick_model(pipes: dict[str, Pipeline], name: str | None, task: str) -> str:
+    if task not in TASKS:
+        raise ApiError(400, f"unknown task {task!r}: one of {', '.join(TASKS)}", "task", "unknown_task")
+    if name is None or name == "":
+        name = next((m for m, p in pipes.items() if task in tasks_for(p)), next(iter(pipes)))
+    if name not in pipes:
+        raise ApiError(404, f"model {name!r} is not loaded: one of {', '.join(pipes)} (ditkit serve --models)",
+                       "model", "model_not_found")
+    if task not in tasks_for(pipes[name]):
+        raise ApiError(400, f"model {name!r} does not serve task {task!r}; it serves {', '.join(tasks_for(pipes[name]))}",
+                       "task", "unsupported_task")
+    return name
+
+
+def _field(check, *args, param: str, limit: str | None = None, **kwargs):
+    """A core.limits check whose ValueError becomes a 400 naming the parameter (and the
+    ServeSettings field that bounds it, when one does)."""
+    try:
+        return check(*args, **kwargs)
+    except ValueError as e:
+        raise ApiError(400, f"{e} (the server's limit {limit})" if limit else str(e), param, "invalid_value") from None
+
+
+def parse_size(size, pipe: Pipeline, settings: ServeSettings) -> int | None:
+    """"WxH" (square), an int, or "auto"/None (the model's size) -> the side in pixels."""
+    if size is None or size == "auto":
+        return None
+    if isinstance(size, str):
+        m = SIZE.match(size)
+        if not m:
+            raise ApiError(400, f"size must be 'WxH' (e.g. '64x64') or 'auto', got {size!r}", "size", "invalid_size")
+        w, h = int(m.group(1)), int(m.group(2))
+        if w != h:
+            raise ApiError(400, f"size must be square (the models sample square images), got {size!r}", "size",
+                           "invalid_size")
+        size = w
+    side = _field(check_int, "size", size, 1, settings.max_size, param="size", limit="max_size")
+    p = pipe.model.config.patch_size
+    if side % p:
+        raise ApiError(400, f"size {side} must be a multiple of the model's patch size {p}", "size", "invalid_size")
+    return side
+
+
+def check_prompt(prompt, settings: ServeSettings, required: bool, param: str = "prompt") -> str:
+    if prompt is None:
+        if required:
+            raise ApiError(400, f"{param} is required", param, "missing_prompt")
+        return ""
+    if not isinstance(prompt, str):
+        raise ApiError(400, f"{param} must be a string", param, "invalid_value")
+    if len(prompt) > settings.max_prompt_chars:
+        raise ApiError(400, f"{param} is {len(prompt)} characters, over the limit of {settings.max_prompt_chars} "
+                       "(max_prompt_chars)", param, "prompt_too_long")
+    return prompt
+
+
+def decode_base64(data: str, param: str, settings: ServeSettings) -> bytes:
+    """A base64 string or a data URL (data:image/png;base64,...) -> bytes, within the upload limit."""
+    if not isinstance(data, str):
+        raise ApiError(400, f"{param} must be a base64 PNG string", param, "invalid_image")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    if len(data) * 3 // 4 > settings.max_upload_bytes:
+        raise ApiError(413, f"{param} is over the upload limit of {settings.max_upload_bytes} bytes (max_upload_bytes)",
+                       param, "upload_too_large")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{param} is not valid base64", param, "invalid_image") from None
+
+
+def open_image(data: bytes, param: str, settings: ServeSettings) -> Image.Image:
+    """Uploaded bytes -> a decoded PIL image; size and pixel limits checked before decoding."""
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, f"{param} is {len(data)} bytes, over the upload limit of {settings.max_upload_bytes} bytes "
+                       "(max_upload_bytes)", param, "upload_too_large")
+    try:
+        with warnings.catch_warnings():  # Pillow warns at its bomb threshold; ours (check_pixels) is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            check_pixels(im.size, param)  # from the header, before decoding
+            im.load()
+    except ValueError as e:
+        raise ApiError(400, str(e), param, "image_too_large") from None
+    except Image.DecompressionBombError:
+        raise ApiError(400, f"{param} has too many pixels (Pillow's decompression-bomb guard)", param,
+                       "image_too_large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+        raise ApiError(400, f"{param} is not an image Pillow can read (a PNG, JPEG, ...): {e.__class__.__name__}",
+                       param, "invalid_image") from None
+    return im
+
+
+def alpha_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """OpenAI's mask (fully transparent pixels = the region to change) -> ditkit's (white = fill)."""
+    if mask.mode not in ("RGBA", "LA", "PA") and not (mask.mode == "P" and "transparency" in mask.info):
+        raise ApiError(400, "mask must have an alpha channel: fully transparent pixels mark the region to change",
+                       "mask", "invalid_mask")
+    check_same_size(mask, size)
+    alpha = np.asarray(mask.convert("RGBA"))[..., 3]
+    return Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8))
+
+
+def check_same_size(mask: Image.Image, size: tuple[int, int]) -> None:
+    if mask.size != tuple(size):
+        raise ApiError(400, f"mask is {mask.size[0]}x{mask.size[1]}, the image {size[0]}x{size[1]}: they must match",
+                       "mask", "invalid_mask")
+
+
+def seeds_for(seed, n: int) -> list[int]:
+    first = secrets.randbelow(SEED_DRAW) if seed is None else _field(check_seed, seed, param="seed")
+    _field(check_seed, first + n - 1, "seed + n - 1", param="seed")
+    return [first + i for i in range(n)]
+
+
+def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, images: dict[str, Image.Image]) -> Job:
+    """A checked Job from the request's fields (body) and its decoded images ({"image", "image_b", "mask"})."""
+    task = body.get("task") or "generate"
+    name = pick_model(pipes, body.get("model"), task)
+    pipe = pipes[name]
+    n = _field(check_int, "n", body.get("n", 1) if body.get("n") is not None else 1, 1, settings.max_n, param="n",
+               limit="max_n")
+    if task == "edit" and n != 1:  # an edit inverts the image: no noise, so every image would be the same
+        raise ApiError(400, f"task 'edit' makes one image (it inverts the image, no seed): n must be 1, got {n}",
+                       "n", "invalid_value")
+    steps = body.get("steps")
+    if steps is not None:
+        steps = _field(check_int, "steps", steps, 1, settings.max_steps, param="steps", limit="max_steps")
+    size = parse_size(body.get("size"), pipe, settings)
+    guidance, sampler, apg = body.get("guidance"), body.get("sampler"), bool(body.get("apg") or False)
+    if guidance is not None:
+        guidance = _field(check_number, "guidance", guidance, 0.0, param="guidance")
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        raise ApiError(400, f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}", "sampler",
+                       "invalid_value")
+    sample = pipe.sample_config(steps=steps, guidance=guidance, sampler=sampler, size=size, apg=apg)  # ValueError -> 400
+    seeds = seeds_for(body.get("seed"), n)
+    prompt = check_prompt(body.get("prompt"), settings, required=task == "generate")
+    need = {"inpaint": ("image", "mask"), "outpaint": ("image",), "vary": ("image",), "edit": ("image",),
+            "fuse": ("image", "image_b"), "upscale": ("image",)}.get(task, ())
+    for key in need:
+        if key not in images:
+            raise ApiError(400, f"task {task!r} needs {key!r} (a base64 PNG)", key, "missing_image")
+    if "mask" in images:
+        check_same_size(images["mask"], images["image"].size)
+    common = dict(steps=sample.steps, guidance=sample.guidance)
+    if task == "generate":
+        request = pipe.request([prompt] * n, seeds, steps=sample.steps, guidance=sample.guidance, apg=apg,
+                               sampler=sample.sampler, size=sample.size)
+        request.check_for(pipe.model)
+        args = dict(prompts=[prompt] * n, sampler=sample.sampler, size=sample.size, apg=apg, **common)
+        key = (name, task, sample.size, sample.steps, sample.guidance, sample.sampler, apg)
+        return Job(task, name, args, seeds, batch_key=key, steps=sample.steps)
+    method = body.get("method") or "auto"
+    if method not in INPAINT_METHODS:  # checked here too, so the job is refused before it is queued
+        raise ApiError(400, f"unknown inpainting method {method!r}; allowed: {', '.join(INPAINT_METHODS)}", "method",
+                       "invalid_value")
+    strength = body.get("strength")
+    if strength is not None:
+        strength = _field(check_strength, strength, param="strength")
+    if task == "inpaint":
+        args = dict(image=images["image"], mask=images["mask"], prompt=prompt, method=method, sampler=sample.sampler,
+                    **common)
+    elif task == "outpaint":
+        sides = {s: _field(check_int, s, body.get(s) or 0, 0, settings.max_size, param=s, limit="max_size")
+                 for s in ("left", "right", "top", "bottom")}
+        args = dict(image=images["image"], prompt=prompt, method=method, sampler=sample.sampler, **sides, **common)
+    elif task == "vary":
+        args = dict(image=images["image"], prompt=prompt, strength=0.6 if strength is None else strength,
+                    sampler=sample.sampler, **common)
+    elif task == "edit":
+        source = check_prompt(body.get("source_prompt"), settings, required=True, param="source_prompt")
+        args = dict(image=images["image"], source_prompt=source, prompt=prompt,
+                    strength=1.0 if strength is None else strength, **common)
+    elif task == "fuse":
+        alpha = _field(check_number, "alpha", 0.5 if body.get("alpha") is None else body["alpha"], 0.0, 1.0,
+                       param="alpha")
+        args = dict(image_a=images["image"], image_b=images["image_b"], alpha=alpha, prompt=prompt or None,
+                    strength=strength, **common)
+    else:  # upscale
+        args = dict(image=images["image"], prompt=prompt, sampler=sample.sampler, **common)
+    return Job(task, name, args, seeds, steps=n, unit="image")  # progress counts images (serve.worker)

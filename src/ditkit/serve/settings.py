@@ -1,0 +1,35 @@
+"""The server's settings and request limits (one frozen object, made by `ditkit serve`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ditkit.core.limits import check_int, check_number
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """max_queue: queued jobs per model before 429; max_batch: images per sampler batch (every
+    batch runs at exactly this many rows, so results do not depend on batching); results_ttl:
+    seconds a finished job and its images are kept; api_key: bearer key or None (no auth);
+    cors_origin: the one allowed origin or None (CORS off). The max_* fields bound what one
+    request may ask for; each refusal is a 4xx naming the limit."""
+    max_queue: int = 32
+    max_batch: int = 4
+    results_ttl: float = 600.0
+    api_key: str | None = None
+    cors_origin: str | None = None
+    max_upload_bytes: int = 8 * 2 ** 20
+    max_prompt_chars: int = 1000
+    max_n: int = 8
+    max_steps: int = 200
+    max_size: int = 512
+    preview_every: int = 1
+
+    def __post_init__(self) -> None:
+        check_int("max_queue", self.max_queue, 1, 100_000)
+        check_int("max_batch", self.max_batch, 1, 256)
+        check_number("results_ttl", self.results_ttl, 0.0, lo_open=True)
+        check_int("preview_every", self.preview_every, 1)
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty: put the key in the file, or start without --api-key-file")

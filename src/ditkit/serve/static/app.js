@@ -1,0 +1,312 @@
+// The ditkit web page: one form whose fields follow the chosen task, a job panel fed by the event
+// stream, and a gallery. Every value is checked by the server (one set of limits); its error
+// names the field ("param"), and the message is shown next to that field.
+
+import { ApiError, cancelJob, listModels, submitJob, watchJob } from "./api.js";
+import { Gallery } from "./gallery.js";
+import { ImageSlot } from "./images.js";
+import { MaskPainter } from "./mask.js";
+
+const $ = (id) => document.getElementById(id);
+const form = $("job-form");
+const tabs = [...document.querySelectorAll('[role="tab"]')];
+
+const SUBMIT_LABELS = {
+  generate: "Generate", inpaint: "Inpaint", outpaint: "Outpaint", vary: "Make variations",
+  edit: "Edit", fuse: "Fuse", upscale: "Upscale",
+};
+// Used only when /v1/models does not list a model's samplers.
+const FALLBACK_SAMPLERS = ["euler", "heun", "dpm2m"];
+
+const state = { tab: "generate", models: [], job: null };
+
+const painter = new MaskPainter($("mask-canvas"), () => Number($("brush").value), $("mask-cursor"));
+const imageSlot = new ImageSlot(form.querySelector('[data-slot="image"]'), {
+  onChange: (slot) => painter.reset(slot.canvas.width, slot.canvas.height),
+});
+const imageSlotB = new ImageSlot(form.querySelector('[data-slot="image_b"]'));
+const gallery = new Gallery($("gallery"), $("gallery-empty"), {
+  onReuseSeed(seed) {
+    $("seed").value = seed;
+    $("seed").focus();
+  },
+  async onUseAsInput(url) {
+    await imageSlot.useGallery(url); // first, so the tab does not load a sample over it
+    if (currentTask() === "generate") selectTab("inpaint");
+    $("image-source").focus();
+  },
+  onChange(items) {
+    imageSlot.setGallery(items);
+    imageSlotB.setGallery(items);
+  },
+});
+
+/** The task the form sends: the tab's, except the variations tab's "prompt edit" kind. */
+function currentTask() {
+  const mode = form.querySelector('input[name="mode"]:checked').value;
+  return state.tab === "vary" ? mode : state.tab;
+}
+
+// ---- tabs and the fields each task shows ----
+
+function selectTab(tab, { focus = false } = {}) {
+  state.tab = tab;
+  for (const button of tabs) {
+    const selected = button.dataset.tab === tab;
+    button.setAttribute("aria-selected", String(selected));
+    button.tabIndex = selected ? 0 : -1;
+    if (selected && focus) button.focus();
+  }
+  form.setAttribute("aria-labelledby", `tab-${tab}`);
+  updateForm();
+}
+
+function updateForm() {
+  const task = currentTask();
+  for (const el of form.querySelectorAll("[data-tasks]")) {
+    el.hidden = !el.dataset.tasks.split(" ").includes(task);
+  }
+  const imageLabel = form.querySelector('label[for="image-source"]');
+  imageLabel.textContent = task === "fuse" ? "Image A" : "Image";
+  $("submit").textContent = SUBMIT_LABELS[task];
+  clearErrors();
+  renderModels();
+  if (!$("image-source").closest(".field").hidden) imageSlot.ensureImage();
+  if (task === "fuse") imageSlotB.ensureImage();
+}
+
+function onTabKey(event) {
+  const i = tabs.indexOf(event.target);
+  const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[event.key];
+  if (next === undefined) return;
+  event.preventDefault();
+  selectTab(tabs[(next + tabs.length) % tabs.length].dataset.tab, { focus: true });
+}
+
+// ---- models and their default settings ----
+
+function renderModels() {
+  const task = currentTask();
+  const select = $("model");
+  const previous = select.value;
+  const serving = state.models.filter((m) => (m.tasks || []).includes(task));
+  select.replaceChildren(...serving.map((m) => new Option(m.id, m.id)));
+  if (serving.some((m) => m.id === previous)) select.value = previous;
+  if (state.models.length && !serving.length) {
+    showFormError(`No loaded model does "${task}". Start the server with a model that does, e.g. `
+      + "ditkit serve --models shapes-64,shapes-64-inpaint,shapes-upscale.");
+  }
+  $("submit").disabled = !serving.length || state.job !== null;
+  if (select.value !== previous) applyDefaults();
+}
+
+/** Fill steps, guidance, sampler and size with the chosen model's defaults. */
+function applyDefaults() {
+  const model = state.models.find((m) => m.id === $("model").value);
+  if (!model) return;
+  const defaults = model.defaults || {};
+  if (defaults.steps !== undefined) $("steps").value = defaults.steps;
+  if (defaults.guidance !== undefined) $("guidance").value = defaults.guidance;
+  const samplers = model.samplers || FALLBACK_SAMPLERS;
+  $("sampler").replaceChildren(...samplers.map((s) => new Option(s, s)));
+  if (defaults.sampler) $("sampler").value = defaults.sampler;
+  if (defaults.size !== undefined) {
+    const size = typeof defaults.size === "number" ? `${defaults.size}x${defaults.size}` : String(defaults.size);
+    $("size").placeholder = size;
+    $("size").value = size;
+  }
+}
+
+// ---- the request ----
+
+/** True when the field of this param is shown for the current task. */
+function shown(param) {
+  const field = form.querySelector(`.field[data-param~="${param}"]`);
+  return field !== null && !field.hidden;
+}
+
+/** A number field's value: undefined when empty (the server's default), the number, or a string
+ * when it is no finite number, which the server refuses with a message for that field. */
+function numberValue(id) {
+  const input = $(id);
+  if (input.validity.badInput) return "not a number"; // the browser keeps no text for it
+  if (input.value === "") return undefined;
+  const value = Number(input.value);
+  return Number.isFinite(value) ? value : input.value;
+}
+
+function buildRequest() {
+  const task = currentTask();
+  const body = { task, model: $("model").value, prompt: $("prompt").value };
+  // An empty seed is left out: the server draws one and returns it in the job's seeds.
+  for (const param of ["n", "steps", "guidance", "seed"]) {
+    if (shown(param)) body[param] = numberValue(param);
+  }
+  if (shown("size") && $("size").value.trim()) body.size = $("size").value.trim();
+  if (shown("sampler")) body.sampler = $("sampler").value;
+  if (shown("method")) body.method = $("method").value;
+  if (shown("strength")) body.strength = Number($("strength").value);
+  if (shown("alpha")) body.alpha = Number($("alpha").value);
+  if (shown("source_prompt")) body.source_prompt = $("source_prompt").value;
+  if (shown("image")) body.image = imageSlot.dataUrl;
+  if (shown("image_b")) body.image_b = imageSlotB.dataUrl;
+  if (shown("mask")) body.mask = painter.toDataUrl();
+  if (shown("left")) {
+    const amount = numberValue("amount") ?? 0;
+    for (const box of form.querySelectorAll('input[name="side"]')) body[box.value] = box.checked ? amount : 0;
+  }
+  for (const key of Object.keys(body)) if (body[key] === undefined) delete body[key];
+  return body;
+}
+
+// ---- errors next to their fields ----
+
+function clearErrors() {
+  for (const el of form.querySelectorAll(".error, .form-error")) {
+    el.hidden = true;
+    el.textContent = "";
+  }
+  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+}
+
+function showFormError(message) {
+  $("form-error").textContent = message;
+  $("form-error").hidden = false;
+}
+
+/** Show the message next to the field the server named, or above the form when it named none. */
+function showError(param, message) {
+  const field = param ? form.querySelector(`.field[data-param~="${CSS.escape(param)}"]`) : null;
+  if (!field || field.hidden) {
+    showFormError(param ? `${param}: ${message}` : message);
+    return;
+  }
+  const error = field.querySelector(".error");
+  error.textContent = message;
+  error.hidden = false;
+  const input = field.querySelector("input:not([type=hidden]), select, textarea, canvas[tabindex]");
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-errormessage", error.id);
+    input.focus();
+  }
+}
+
+// ---- the job ----
+
+async function onSubmit(event) {
+  event.preventDefault();
+  if (state.job) return;
+  clearErrors();
+  const body = buildRequest();
+  $("submit").disabled = true;
+  try {
+    const job = await submitJob(body);
+    startJob(job, { task: body.task, prompt: body.prompt });
+  } catch (err) {
+    if (!(err instanceof ApiError)) throw err;
+    showError(err.param, err.message);
+    $("submit").disabled = false;
+  }
+}
+
+function setStatus(text) {
+  $("job-status").textContent = text;
+}
+
+function startJob(job, meta) {
+  state.job = job;
+  $("job").hidden = false;
+  $("progress").value = 0;
+  $("preview").hidden = true;
+  $("cancel").disabled = false;
+  setStatus(job.queue_position ? `Queued, position ${job.queue_position}` : "Queued");
+  watchJob(job.id, {
+    queued: ({ position }) => setStatus(position ? `Queued, position ${position}` : "Queued"),
+    progress(update) {
+      if (typeof update.progress === "number") $("progress").value = update.progress;
+      // unit: "step" (generate: sampler steps) or "image" (editing tasks count finished images)
+      const unit = update.unit === "image" ? "image" : "step";
+      if (update.steps) setStatus(`Running: ${unit} ${update.step} of ${update.steps}`);
+      if (update.preview) {
+        const preview = update.preview;
+        $("preview").src = preview.startsWith("data:") ? preview : `data:image/png;base64,${preview}`;
+        $("preview").hidden = false;
+      }
+    },
+    completed(finished) {
+      $("progress").value = 1;
+      const count = finished.result.length;
+      setStatus(`Done: ${count} image${count === 1 ? "" : "s"} added to the gallery`);
+      gallery.add(finished, meta);
+      endJob();
+    },
+    failed(message) {
+      setStatus(`Failed: ${message}`);
+      showFormError(message);
+      endJob();
+    },
+    cancelled() {
+      setStatus("Cancelled");
+      endJob();
+    },
+  });
+}
+
+function endJob() {
+  state.job = null;
+  $("cancel").disabled = true;
+  renderModels(); // re-enables the submit button when a model serves the task
+}
+
+async function onCancel() {
+  if (!state.job) return;
+  $("cancel").disabled = true;
+  setStatus("Cancelling…");
+  try {
+    await cancelJob(state.job.id);
+  } catch (err) {
+    setStatus(`Could not cancel: ${err.message}`);
+  }
+}
+
+// ---- wiring ----
+
+function bindOutput(inputId, outputId, format) {
+  const update = () => ($(outputId).textContent = format(Number($(inputId).value)));
+  $(inputId).addEventListener("input", update);
+  update();
+}
+
+async function init() {
+  for (const tab of tabs) {
+    tab.addEventListener("click", () => selectTab(tab.dataset.tab));
+    tab.addEventListener("keydown", onTabKey);
+  }
+  for (const radio of form.querySelectorAll('input[name="mode"]')) {
+    radio.addEventListener("change", () => {
+      $("strength").value = currentTask() === "edit" ? 1 : 0.6; // each kind's usual strength
+      $("strength").dispatchEvent(new Event("input"));
+      updateForm();
+    });
+  }
+  $("model").addEventListener("change", applyDefaults);
+  bindOutput("alpha", "alpha-value", (v) => v.toFixed(2));
+  bindOutput("strength", "strength-value", (v) => v.toFixed(2));
+  bindOutput("brush", "brush-value", (v) => `${v} px`);
+  $("brush").addEventListener("input", () => painter.showRing());
+  $("mask-undo").addEventListener("click", () => painter.undo());
+  $("mask-clear").addEventListener("click", () => painter.clear());
+  $("cancel").addEventListener("click", onCancel);
+  form.addEventListener("submit", onSubmit);
+
+  try {
+    state.models = await listModels();
+  } catch (err) {
+    showFormError(`Could not list the models: ${err.message}`);
+  }
+  selectTab(state.tab);
+  document.body.dataset.ready = "true"; // the page is wired and knows the models
+}
+
+init();

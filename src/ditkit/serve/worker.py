@@ -1,0 +1,216 @@
+"""One worker thread per loaded model: a bounded queue, dynamic batching, cancel, failure isolation.
+
+Compatible queued generate jobs (same model, size, steps, guidance, sampler, APG) run as one
+GenerationRequest of up to max_batch images. The request has fixed_shape set, so every sampler
+batch has exactly max_batch rows and fixed-length text states: an image is byte-identical
+whether its job ran alone or beside others. Editing tasks run one job at a time. A batch that
+raises is re-run job by job, so a failing job fails alone; a cancelled job stops between
+sampler steps (the engine's callback raises once every job in the batch is cancelled).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import io
+import threading
+import time
+
+import torch
+
+from ditkit.api import Pipeline
+from ditkit.core.images import to_pil
+from ditkit.serve.jobs import TERMINAL, Job, JobStore
+from ditkit.serve.metrics import Metrics
+from ditkit.serve.settings import ServeSettings
+
+
+class QueueFull(Exception):
+    """The model's queue holds max_queue jobs (the API answers 429 with Retry-After)."""
+
+
+class Cancelled(Exception):
+    """Raised from the sampler callback when every job of the batch asked to cancel."""
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ModelWorker:
+    """Runs one model's jobs in order on its own daemon thread."""
+
+    def __init__(self, name: str, pipe: Pipeline, settings: ServeSettings, store: JobStore, metrics: Metrics):
+        self.name, self.pipe, self.settings, self.store, self.metrics = name, pipe, settings, store, metrics
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self.batches_run = 0  # sampler batches (or task jobs) run so far: tests see jobs share a batch
+        self._thread = threading.Thread(target=self._loop, name=f"ditkit-serve-{name}", daemon=True)
+        self._thread.start()
+
+    # -- the queue ---------------------------------------------------------------------------------
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns its position (0 = next). Raises QueueFull."""
+        with self._cond:
+            if len(self._queue) >= self.settings.max_queue:
+                raise QueueFull(f"the queue of model {self.name!r} is full ({self.settings.max_queue} jobs, "
+                                "--max-queue); retry later")
+            self._queue.append(job)
+            position = len(self._queue) - 1
+            job.emit("queued", {"position": position})
+            self._cond.notify()
+        return position
+
+    def position(self, job: Job) -> int | None:
+        with self._cond:
+            return next((i for i, j in enumerate(self._queue) if j is job), None)
+
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def cancel(self, job: Job) -> None:
+        """Cancel now if queued; else ask the running batch to stop at its next step."""
+        with self._cond:
+            queued = job in self._queue
+            if queued:
+                self._queue.remove(job)
+        job.cancel_requested = True
+        if queued:
+            self.store.finish(job, "cancelled")
+            self.metrics.finished(job)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    def _take(self) -> list[Job] | None:
+        """The next job and the queued jobs that can share its sampler batch."""
+        with self._cond:
+            while not self._queue and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            first = self._queue.popleft()
+            batch, images = [first], first.n
+            if first.batch_key is not None:
+                for job in list(self._queue):
+                    if job.batch_key == first.batch_key and images + job.n <= self.settings.max_batch:
+                        self._queue.remove(job)
+                        batch.append(job)
+                        images += job.n
+            return batch
+
+    # -- running -----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            for job in batch:
+                with job.lock:
+                    job.state = "running"
+                job.report(0, 0.0)
+            started = time.monotonic()
+            self.batches_run += 1
+            if batch[0].task == "generate":
+                self._run_generate(batch)
+            else:
+                self._run_task(batch[0])
+            self.metrics.batch_done(sum(j.n for j in batch if j.state == "completed"), time.monotonic() - started)
+            for job in batch:
+                self.metrics.finished(job)
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        kind = "invalid_request_error" if isinstance(error, ValueError) else "server_error"
+        self.store.finish(job, "failed", error={"message": str(error) or error.__class__.__name__, "type": kind,
+                                                "param": None, "code": error.__class__.__name__})
+
+    def _run_generate(self, batch: list[Job]) -> None:
+        try:
+            images = self._generate(batch)
+        except Cancelled:
+            for job in batch:
+                self.store.finish(job, "cancelled")
+            return
+        except Exception as e:  # noqa: BLE001 - one job's error must not take the others (or the worker) down
+            if len(batch) == 1:
+                self._fail(batch[0], e)
+                return
+            for job in batch:  # re-run alone: fixed_shape gives the same images, and only the bad job fails
+                if not job.cancel_requested:
+                    self._run_generate([job])
+                else:
+                    self.store.finish(job, "cancelled")
+            return
+        offset = 0
+        for job in batch:
+            mine = images[offset:offset + job.n]
+            offset += job.n
+            self.store.finish(job, "cancelled" if job.cancel_requested else "completed", [png_bytes(im) for im in mine])
+
+    def _generate(self, batch: list[Job]) -> list:
+        args = batch[0].task_args
+        prompts = [p for job in batch for p in job.task_args["prompts"]]
+        seeds = [s for job in batch for s in job.seeds]
+        request = self.pipe.request(prompts, seeds, steps=args["steps"], guidance=args["guidance"], apg=args["apg"],
+                                    sampler=args["sampler"], size=args["size"], batch_size=self.settings.max_batch)
+        request = dataclasses.replace(request, fixed_shape=True)
+        offsets, start = [], 0
+        for job in batch:
+            offsets.append(start)
+            start += job.n
+        every = self.settings.preview_every
+
+        def callback(info: dict) -> None:
+            if all(job.cancel_requested for job in batch):
+                raise Cancelled()
+            progress = info["done"] / max(info["total"], 1)
+            rows = info["x0"].shape[0]
+            for job, first in zip(batch, offsets):
+                if job.cancel_requested:
+                    continue
+                job.steps = info["steps"]
+                # the job's first image in this sampler batch (a job over max_batch images spans batches)
+                row = max(first, info["index"]) - info["index"]
+                shown = info["step"] % every == 0 and row < rows and info["index"] + row < first + job.n
+                job.report(info["step"], progress, preview_png(info["x0"][row]) if shown else None)
+
+        return to_pil(self.pipe.engine.generate(request, callback))
+
+    def _run_task(self, job: Job) -> None:
+        method = getattr(self.pipe, job.task)
+        try:
+            # The tasks' Pipeline methods take no step callback, so progress counts finished
+            # images (job.unit == "image", job.steps == job.n) and cancel acts between images.
+            if job.task == "vary":  # one batched call: image k uses seed + k
+                images = method(**job.task_args, num_images=job.n, seed=job.seeds[0])
+                job.report(job.n, 1.0)
+            else:
+                images = []
+                for k, seed in enumerate(job.seeds):
+                    if job.cancel_requested:
+                        raise Cancelled()
+                    extra = {} if job.task == "edit" else {"seed": seed}  # edit inverts the image: no noise
+                    images.append(method(**job.task_args, **extra))
+                    job.report(k + 1, (k + 1) / job.n)
+        except Cancelled:
+            self.store.finish(job, "cancelled")
+            return
+        except Exception as e:  # noqa: BLE001 - a failing request fails alone
+            self._fail(job, e)
+            return
+        self.store.finish(job, "cancelled" if job.cancel_requested else "completed", [png_bytes(im) for im in images])
+
+
+def preview_png(x0: torch.Tensor) -> str:
+    """A (C, H, W) estimate in [-1, 1] as a base64 PNG (the live preview of the event stream)."""
+    return base64.b64encode(png_bytes(to_pil(x0.detach().float().clamp(-1, 1)[None])[0])).decode()
+
+
+def is_finished(job: Job) -> bool:
+    return job.state in TERMINAL

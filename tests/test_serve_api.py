@@ -1,0 +1,295 @@
+"""ditkit serve: the HTTP API through FastAPI's test client (shapes-64, 2 steps)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import ditkit  # noqa: E402
+from ditkit.core.sampling import SAMPLER_NAMES  # noqa: E402
+from ditkit.serve.app import create_app  # noqa: E402
+from ditkit.serve.settings import ServeSettings  # noqa: E402
+
+GEN = {"prompt": "a red circle", "steps": 2, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return ditkit.load("shapes-64")
+
+
+@pytest.fixture
+def make_client(pipe):
+    made = []
+
+    def make(**settings):
+        clock = settings.pop("clock", time.monotonic)
+        app = create_app({"shapes-64": pipe}, ServeSettings(**settings), clock=clock)
+        made.append(app)
+        return TestClient(app)
+
+    yield make
+    for app in made:
+        app.state.service.close()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(im: Image.Image) -> str:
+    return base64.b64encode(png(im)).decode()
+
+
+def wait(client, job_id, states=("completed", "failed", "cancelled")) -> dict:
+    while True:
+        view = client.get(f"/v1/jobs/{job_id}").json()
+        if view["state"] in states:
+            return view
+        time.sleep(0.02)
+
+
+def run_job(client, **body) -> dict:
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    return wait(client, r.json()["id"])
+
+
+def error_of(r, status):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def test_health_models_metrics_docs(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    (model,) = client.get("/v1/models").json()["data"]
+    assert model["id"] == "shapes-64" and "generate" in model["tasks"] and model["defaults"]["size"] == "64x64"
+    assert model["samplers"] == list(SAMPLER_NAMES) and model["defaults"]["sampler"] in model["samplers"]
+    assert "ditkit_queue_length" in client.get("/metrics").text
+    assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    error_of(client.get("/static/../../api.py"), 404)
+    error_of(client.get("/nowhere"), 404)
+
+
+def test_job_lifecycle_files_and_events(client):
+    r = client.post("/v1/jobs", json={**GEN, "n": 2})
+    assert r.status_code == 202 and set(r.json()) == {"id", "state", "queue_position"}
+    job = wait(client, r.json()["id"])
+    assert job["state"] == "completed" and job["progress"] == 1.0 and job["seeds"] == [3, 4]
+    images = [Image.open(io.BytesIO(client.get(u).content)) for u in job["result"]]
+    assert [im.size for im in images] == [(64, 64)] * 2
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events") as s:
+        text = "".join(s.iter_text())
+    names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert names[0] == "queued" and names[-1] == "completed" and "progress" in names
+    previews = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and "preview" in line]
+    assert Image.open(io.BytesIO(base64.b64decode(previews[-1]["preview"]))).size == (64, 64)
+    error_of(client.get(f"/v1/files/{job['id']}/7.png"), 404)
+    error_of(client.get(f"/v1/files/{job['id']}/..%2Fx.png"), 404)
+    err = error_of(client.post(f"/v1/jobs/{job['id']}/cancel"), 409)  # cancel of a finished job
+    assert "completed" in err["message"]
+
+
+def events_of(client, job_id) -> list[tuple[str, dict]]:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as s:
+        text = "".join(s.iter_text())
+    names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    return list(zip(names, [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]))
+
+
+def check_progress(events, steps: int, unit: str) -> list[int]:
+    """Every progress event counts `unit`s out of `steps` and progress grows to 1; returns the steps seen."""
+    progress = [data for name, data in events if name == "progress"]
+    assert progress and all(p["steps"] == steps and p["unit"] == unit and 0 <= p["step"] <= steps for p in progress)
+    values = [p["progress"] for p in progress]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    return [p["step"] for p in progress]
+
+
+def test_progress_counts_sampler_steps_or_images(client):
+    """generate: step s of the sampler's S steps; an editing task (no step callback): image k of n."""
+    job = run_job(client, **GEN)
+    assert (job["step"], job["steps"], job["unit"]) == (2, 2, "step")
+    assert check_progress(events_of(client, job["id"]), 2, "step") == [0, 1, 2]
+    image = b64(Image.new("RGB", (64, 64), "white"))
+    queued = client.post("/v1/jobs", json={"task": "fuse", "image": image, "image_b": image, "steps": 3, "n": 2})
+    job = wait(client, queued.json()["id"])
+    assert job["state"] == "completed" and (job["step"], job["steps"], job["unit"]) == (2, 2, "image")
+    events = events_of(client, job["id"])
+    assert check_progress(events, 2, "image") == [0, 1, 2]
+    assert [d["progress"] for n, d in events if n == "progress"] == [0.0, 0.5, 1.0]
+    job = run_job(client, task="vary", image=image, steps=2, n=3)  # one batched call: 0 of 3, then 3 of 3
+    assert check_progress(events_of(client, job["id"]), 3, "image") == [0, 3]
+
+
+def test_same_request_same_png_alone_or_batched(make_client):
+    """Fixed-shape batches: a job's PNGs are byte-identical alone or batched with other prompts."""
+    client = make_client(max_batch=4)
+    blocker = client.post("/v1/jobs", json={**GEN, "steps": 200}).json()["id"]
+    wait(client, blocker, ("running",))
+    worker = client.app.state.service.workers["shapes-64"]
+    other = client.post("/v1/jobs", json={"prompt": "two big blue squares above a small green triangle", "steps": 2,
+                                          "n": 2, "seed": 11}).json()["id"]
+    mine = client.post("/v1/jobs", json={**GEN, "seed": 5}).json()["id"]
+    before = worker.batches_run
+    client.post(f"/v1/jobs/{blocker}/cancel")
+    assert wait(client, blocker)["state"] == "cancelled"
+    batched = wait(client, mine)
+    assert wait(client, other)["state"] == "completed" and worker.batches_run == before + 1  # one shared batch
+    alone = run_job(client, **{**GEN, "seed": 5})
+    assert client.get(batched["result"][0]).content == client.get(alone["result"][0]).content
+
+
+def test_cancel_running_job_stops_between_steps(client):
+    job_id = client.post("/v1/jobs", json={**GEN, "steps": 200}).json()["id"]
+    wait(client, job_id, ("running",))
+    while client.get(f"/v1/jobs/{job_id}").json()["step"] < 1:
+        time.sleep(0.01)
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    view = wait(client, job_id)
+    assert view["state"] == "cancelled" and view["step"] < 200 and view["result"] == []
+    assert run_job(client, **GEN)["state"] == "completed"  # the worker still serves
+
+
+def test_full_queue_is_429_with_retry_after(make_client):
+    client = make_client(max_queue=1)
+    running = client.post("/v1/jobs", json={**GEN, "steps": 200}).json()["id"]
+    wait(client, running, ("running",))
+    queued = client.post("/v1/jobs", json=GEN)
+    assert queued.status_code == 202
+    r = client.post("/v1/jobs", json=GEN)
+    error_of(r, 429)
+    assert r.headers["retry-after"]
+    assert client.post(f"/v1/jobs/{queued.json()['id']}/cancel").json()["state"] == "cancelled"
+    client.post(f"/v1/jobs/{running}/cancel")
+    wait(client, running)
+
+
+def test_failing_job_fails_alone(client, monkeypatch):
+    pipe = client.app.state.service.pipes["shapes-64"]
+    real = pipe.vary
+
+    def broken(*a, **k):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(pipe, "vary", broken)
+    image = b64(Image.new("RGB", (64, 64), "white"))
+    bad = run_job(client, task="vary", image=image, steps=2)
+    assert bad["state"] == "failed" and "injected failure" in bad["error"]["message"]
+    monkeypatch.setattr(pipe, "vary", real)
+    assert run_job(client, **GEN)["state"] == "completed"
+
+
+def test_results_expire_after_ttl(make_client):
+    now = [0.0]
+    client = make_client(results_ttl=10, clock=lambda: now[0])
+    job = run_job(client, **GEN)
+    assert client.get(job["result"][0]).status_code == 200
+    now[0] = 11.0
+    error_of(client.get(f"/v1/jobs/{job['id']}"), 404)
+    error_of(client.get(job["result"][0]), 404)
+    store = client.app.state.service.store
+    kept = run_job(client, **GEN)
+    now[0] = 22.0
+    client.post("/v1/images/generations", json={**GEN, "n": 1})  # a client that never looks jobs up
+    assert kept["id"] not in {j.id for j in store.all()}  # expired jobs go even without a lookup
+
+
+def test_api_key(make_client):
+    client = make_client(api_key="s3cret")
+    assert client.get("/healthz").status_code == 200
+    error_of(client.get("/v1/models"), 401)
+    error_of(client.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401)
+    assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_tasks_through_jobs(client):
+    image = b64(Image.new("RGB", (64, 64), "white"))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    done = run_job(client, task="inpaint", prompt="a red circle", image=image, mask=b64(Image.fromarray(mask)), steps=2)
+    assert done["state"] == "completed", done
+    out = np.asarray(Image.open(io.BytesIO(client.get(done["result"][0]).content)).convert("RGB"))
+    assert (out[mask == 0] == 255).all()  # kept pixels exact
+    out = run_job(client, task="outpaint", image=image, right=16, steps=2)
+    assert Image.open(io.BytesIO(client.get(out["result"][0]).content)).size == (80, 64)
+    assert run_job(client, task="fuse", image=image, image_b=image, alpha=0.3, steps=2)["state"] == "completed"
+
+
+BAD_JOBS = [
+    ({"model": "nope", **GEN}, 404, "model"),
+    ({"task": "dance", **GEN}, 400, "task"),
+    ({"steps": 2}, 400, "prompt"),
+    ({**GEN, "n": 0}, 400, "n"),
+    ({**GEN, "n": 99}, 400, "n"),
+    ({**GEN, "size": "abc"}, 400, "size"),
+    ({**GEN, "size": "60x60"}, 400, "size"),
+    ({**GEN, "size": "1024x1024"}, 400, "size"),
+    ({**GEN, "steps": 0}, 400, "steps"),
+    ({**GEN, "guidance": -1}, 400, "guidance"),
+    ({**GEN, "sampler": "nope"}, 400, "sampler"),
+    ({"task": "edit", "prompt": "x", "source_prompt": "y", "n": 2}, 400, "n"),
+    ({**GEN, "prompt": "x" * 5000}, 400, "prompt"),
+    ({"task": "inpaint", "prompt": "x"}, 400, "image"),
+    ({"task": "outpaint", "image": b64(Image.new("RGB", (64, 64))), "right": 16, "method": "bogus"}, 400, "method"),
+    ({**GEN, "unknown_field": 1}, 400, "unknown_field"),
+]
+
+
+@pytest.mark.parametrize("body,status,param", BAD_JOBS)
+def test_bad_job_requests(client, body, status, param):
+    err = error_of(client.post("/v1/jobs", json=body), status)
+    if param:
+        assert err["param"] == param
+    assert client.app.state.service.store.all() == []  # nothing kept
+
+
+def test_bad_bodies_and_uploads(client):
+    error_of(client.post("/v1/jobs", content=b'{"prompt": "x",', headers={"content-type": "application/json"}), 400)
+    error_of(client.post("/v1/jobs", content=b'{"prompt": "x", "guidance": NaN, "steps": 2}',
+                         headers={"content-type": "application/json"}), 400)
+    error_of(client.post("/v1/images/edits", json={"prompt": "x"}), 400)  # wrong content type
+    error_of(client.post("/v1/images/variations", files={"image": ("a.png", b"not an image", "image/png")}), 400)
+    truncated = png(Image.new("RGB", (64, 64), "red"))[:60]
+    error_of(client.post("/v1/images/variations", files={"image": ("a.png", truncated, "image/png")}), 400)
+    huge = png(Image.new("1", (8000, 8000)))
+    err = error_of(client.post("/v1/images/variations", files={"image": ("a.png", huge, "image/png")}), 400)
+    assert "pixels" in err["message"]
+    err = error_of(client.post("/v1/images/variations", files={"image": ("a.png", b"\0" * (10 * 2 ** 20), "image/png")}),
+                   413)
+    assert "limit" in err["message"]
+    image = png(Image.new("RGB", (64, 64), "white"))
+    mask = png(Image.new("RGBA", (32, 32), (0, 0, 0, 0)))
+    err = error_of(client.post("/v1/images/edits", data={"prompt": "x"},
+                               files={"image": ("a.png", image, "image/png"), "mask": ("m.png", mask, "image/png")}), 400)
+    assert err["param"] == "mask"
+    error_of(client.get("/v1/jobs/job_doesnotexist"), 404)
+    error_of(client.post("/v1/jobs/job_doesnotexist/cancel"), 404)
+    error_of(client.post("/v1/images/generations", json={**GEN, "response_format": "gif"}), 400)
+    error_of(client.post("/v1/images/generations", json={**GEN, "negative_prompt": "blue"}), 400)
+    for form, param in [({"stpes": "2"}, "stpes"), ({"stream": "true"}, "stream"), ({"negative_prompt": "b"}, "negative_prompt")]:
+        r = client.post("/v1/images/variations", data=form, files={"image": ("a.png", image, "image/png")})
+        assert error_of(r, 400)["param"] == param
+    for body, limit in [({**GEN, "n": 99}, "max_n"), ({**GEN, "steps": 999}, "max_steps"),
+                        ({**GEN, "size": "1024x1024"}, "max_size")]:
+        assert limit in error_of(client.post("/v1/jobs", json=body), 400)["message"]
+    assert client.app.state.service.store.all() == []
