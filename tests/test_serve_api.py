@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -101,12 +102,80 @@ def test_job_lifecycle_files_and_events(client):
         text = "".join(s.iter_text())
     names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
     assert names[0] == "queued" and names[-1] == "completed" and "progress" in names
-    previews = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and "preview" in line]
-    assert Image.open(io.BytesIO(base64.b64decode(previews[-1]["preview"]))).size == (64, 64)
     error_of(client.get(f"/v1/files/{job['id']}/7.png"), 404)
     error_of(client.get(f"/v1/files/{job['id']}/..%2Fx.png"), 404)
     err = error_of(client.post(f"/v1/jobs/{job['id']}/cancel"), 409)  # cancel of a finished job
     assert "completed" in err["message"]
+
+
+def test_previews_only_while_a_stream_is_open(client, monkeypatch):
+    """No stream open: no preview is encoded at all; a stream open from the start gets one per step."""
+    from ditkit.serve import worker as worker_module
+    calls = []
+    real = worker_module.preview_png
+    monkeypatch.setattr(worker_module, "preview_png", lambda x0: calls.append(1) or real(x0))
+    job = run_job(client, **{**GEN, "steps": 3})
+    assert job["state"] == "completed" and calls == []
+    blocker = client.post("/v1/jobs", json={**GEN, "steps": 200}).json()["id"]  # holds the worker while we connect
+    wait(client, blocker, ("running",))
+    watched = client.post("/v1/jobs", json={**GEN, "steps": 3, "prompt": "a blue square"}).json()["id"]
+    with client.stream("GET", f"/v1/jobs/{watched}/events") as s:
+        client.post(f"/v1/jobs/{blocker}/cancel")
+        text = "".join(s.iter_text())
+    previews = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and "preview" in line]
+    assert len(calls) == len(previews) == 3  # sampler steps 1..3 of the watched job only
+    assert Image.open(io.BytesIO(base64.b64decode(previews[-1]["preview"]))).size == (64, 64)
+    assert client.app.state.service.store.get(watched).watchers == 0  # the closed stream stopped counting
+
+
+def test_batch_wait_collects_jobs_submitted_apart(make_client):
+    """With batch_wait_ms, a job submitted a moment after another joins its sampler batch."""
+    client = make_client(max_batch=4, batch_wait_ms=2000)
+    worker = client.app.state.service.workers["shapes-64"]
+    before = worker.batches_run
+    first = client.post("/v1/jobs", json=GEN).json()["id"]
+    time.sleep(0.05)
+    second = client.post("/v1/jobs", json={**GEN, "seed": 9}).json()["id"]
+    assert wait(client, first)["state"] == wait(client, second)["state"] == "completed"
+    assert worker.batches_run == before + 1  # one shared batch
+    full = make_client(max_batch=1, batch_wait_ms=60_000 / 10)  # a full batch never waits
+    assert run_job(full, **GEN)["state"] == "completed"
+
+
+def test_guidance_limit_and_error_names_model_not_folder(make_client, monkeypatch):
+    client = make_client(max_guidance=10)
+    err = error_of(client.post("/v1/jobs", json={**GEN, "guidance": 1e30}), 400)
+    assert err["param"] == "guidance" and "max_guidance" in err["message"] and "10" in err["message"]
+    pipe = client.app.state.service.pipes["shapes-64"]
+
+    def non_finite(request, callback=None):
+        from ditkit.engine.generate import check_finite
+        return check_finite(torch.full((1, 3, 64, 64), float("nan")), pipe.engine.source)
+
+    monkeypatch.setattr(pipe.engine, "generate", non_finite)  # an instance attribute: this pipeline only
+    job = run_job(client, **{**GEN, "guidance": 9.0})
+    message = job["error"]["message"]
+    assert job["state"] == "failed" and "non-finite" in message and "shapes-64" in message
+    assert str(pipe.source) not in message and "/" not in message
+
+
+def test_cancel_is_atomic_with_finishing(client):
+    """The check and the cancel happen under the job's lock: a finished job refuses (409), and a
+    job that finishes after an accepted cancel ends cancelled, never completed."""
+    svc = client.app.state.service
+    worker = svc.workers["shapes-64"]
+    from ditkit.serve.jobs import Job
+    done = Job("generate", "shapes-64", {}, [1])
+    svc.store.add(done)
+    svc.store.finish(done, "completed", [b"png"])
+    assert worker.cancel(done) is False and not done.cancel_requested
+    error_of(client.post(f"/v1/jobs/{done.id}/cancel"), 409)
+    running = Job("generate", "shapes-64", {}, [2], state="running")
+    svc.store.add(running)
+    assert worker.cancel(running) is True
+    svc.store.finish(running, "completed", [b"png"])  # the worker finishing just after the cancel
+    assert running.state == "cancelled" and running.images == []
+    assert Job("generate", "m", {}, [1]) != Job("generate", "m", {}, [1])  # identity, not field equality
 
 
 def events_of(client, job_id) -> list[tuple[str, dict]]:
@@ -246,6 +315,7 @@ BAD_JOBS = [
     ({**GEN, "size": "1024x1024"}, 400, "size"),
     ({**GEN, "steps": 0}, 400, "steps"),
     ({**GEN, "guidance": -1}, 400, "guidance"),
+    ({**GEN, "guidance": 1e30}, 400, "guidance"),
     ({**GEN, "sampler": "nope"}, 400, "sampler"),
     ({"task": "edit", "prompt": "x", "source_prompt": "y", "n": 2}, 400, "n"),
     ({**GEN, "prompt": "x" * 5000}, 400, "prompt"),

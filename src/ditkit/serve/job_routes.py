@@ -3,7 +3,6 @@ cancel, result files, models, health and metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Optional, Union
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import TERMINAL
 from ditkit.serve.params import build_job, decode_base64, open_image
-from ditkit.serve.service import POLL_S, Service
+from ditkit.serve.service import Service
 
 FILE_NAME = re.compile(r"^(\d{1,4})\.png$")
 
@@ -77,29 +76,37 @@ def get_job(job_id: str, svc: Service = Depends(authorized)):
 @router.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(job_id: str, svc: Service = Depends(authorized)):
     job = svc.job(job_id)
-    if job.state in TERMINAL:
+    if not svc.workers[job.model].cancel(job):  # checks and cancels atomically: a job finishing meanwhile is 409
         raise ApiError(409, f"job {job_id} is already {job.state}: only queued or running jobs can be cancelled",
                        "id", "job_finished")
-    svc.workers[job.model].cancel(job)
     return svc.view(job)
 
 
 @router.get("/v1/jobs/{job_id}/events", tags=["jobs"])
-async def job_events(job_id: str, svc: Service = Depends(authorized)):
+async def job_events(job_id: str, previews: bool = True, svc: Service = Depends(authorized)):
     """Server-sent events: queued {position}, progress {progress, step, steps, preview?}, then
-    completed {result}, failed {error} or cancelled. A client that goes away only ends its stream."""
+    completed {result}, failed {error} or cancelled. A client that goes away only ends its stream.
+    previews=false: no previews for this stream (the job makes them only while some stream wants them)."""
     job = svc.job(job_id)
 
     async def stream():
         sent = 0
-        while True:
-            events = job.events[sent:]
-            for name, data in events:
-                yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
-            sent += len(events)
-            if job.state in TERMINAL and sent >= len(job.events):
-                return
-            await asyncio.sleep(POLL_S)
+        if previews:
+            job.watch(+1)
+        try:
+            while True:
+                events = job.events[sent:]
+                for name, data in events:
+                    if not previews and "preview" in data:
+                        data = {k: v for k, v in data.items() if k != "preview"}
+                    yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+                sent += len(events)
+                if job.state in TERMINAL and sent >= len(job.events):
+                    return
+                await job.wait_events(sent)
+        finally:  # also when the client goes away (the generator is closed)
+            if previews:
+                job.watch(-1)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

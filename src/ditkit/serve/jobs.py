@@ -6,6 +6,7 @@ list only grows, so an event stream reads it by index without holding anything."
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -15,12 +16,13 @@ from typing import Callable
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two jobs are never "equal" (the queue finds and removes a job by identity)
 class Job:
     """One request. task_args: the keyword arguments of the Pipeline method (images decoded);
     seeds: one per image. batch_key: jobs with equal keys may share a sampler batch (None: never).
     step of steps counts `unit`s: sampler steps ("step", generate) or finished images ("image",
-    the editing tasks, whose Pipeline methods report no sampler steps)."""
+    the editing tasks, whose Pipeline methods report no sampler steps). watchers: the event
+    streams open on the job now; previews are made only while it is above 0."""
     task: str
     model: str
     task_args: dict
@@ -38,6 +40,8 @@ class Job:
     finished_at: float | None = None  # on the store's clock
     cancel_requested: bool = False
     events: list[tuple[str, dict]] = field(default_factory=list)
+    watchers: int = 0
+    _waiters: list = field(default_factory=list, repr=False)  # (event loop, asyncio.Event) of waiting streams
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -46,6 +50,26 @@ class Job:
 
     def emit(self, name: str, data: dict) -> None:
         self.events.append((name, data))
+        for loop, ready in tuple(self._waiters):  # wake the waiting streams (from the worker's thread)
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:  # that loop has closed: its stream is gone
+                pass
+
+    async def wait_events(self, seen: int, timeout: float = 1.0) -> None:
+        """Return once the job has more than `seen` events (woken by emit: no polling), or after
+        `timeout` seconds as a safety net."""
+        if len(self.events) > seen:
+            return
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        self._waiters.append(waiter)
+        try:
+            if len(self.events) <= seen:  # an event emitted before we were listed
+                await asyncio.wait_for(waiter[1].wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiters.remove(waiter)
 
     def report(self, step: int, progress: float, preview: str | None = None) -> None:
         """Record and emit a progress event: {progress, step, steps, unit, preview?}."""
@@ -54,6 +78,11 @@ class Job:
         if preview is not None:
             event["preview"] = preview
         self.emit("progress", event)
+
+    def watch(self, delta: int) -> None:
+        """An event stream opened (+1) or closed (-1)."""
+        with self.lock:
+            self.watchers += delta
 
     def view(self) -> dict:
         """The job as GET /v1/jobs/{id} returns it."""
@@ -95,6 +124,8 @@ class JobStore:
         with job.lock:
             if job.state in TERMINAL:
                 return
+            if state == "completed" and job.cancel_requested:  # a cancel accepted (200) always ends cancelled
+                state = "cancelled"
             job.state, job.finished_at = state, self.clock()
             if state == "completed":
                 job.images, job.progress = list(images or []), 1.0

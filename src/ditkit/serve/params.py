@@ -174,7 +174,8 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
     size = parse_size(body.get("size"), pipe, settings)
     guidance, sampler, apg = body.get("guidance"), body.get("sampler"), bool(body.get("apg") or False)
     if guidance is not None:
-        guidance = _field(check_number, "guidance", guidance, 0.0, param="guidance")
+        guidance = _field(check_number, "guidance", guidance, 0.0, settings.max_guidance, param="guidance",
+                          limit="max_guidance")
     if sampler is not None and sampler not in SAMPLER_NAMES:
         raise ApiError(400, f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLER_NAMES)}", "sampler",
                        "invalid_value")

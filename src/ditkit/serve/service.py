@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from typing import Callable
@@ -19,7 +18,6 @@ from ditkit.serve.settings import ServeSettings
 from ditkit.serve.worker import ModelWorker, QueueFull
 
 RETRY_AFTER_S = 2
-POLL_S = 0.02  # how often a waiting request or event stream looks at its job
 
 
 class Service:
@@ -55,9 +53,11 @@ class Service:
 
     async def wait(self, job: Job) -> Job:
         """Wait (without blocking the event loop) until the job finishes; the worker runs on regardless."""
-        while job.state not in TERMINAL:
-            await asyncio.sleep(POLL_S)
-        return job
+        while True:
+            seen = len(job.events)  # before the state: a finish in between is then an event past `seen`
+            if job.state in TERMINAL:
+                return job
+            await job.wait_events(seen)
 
     def models(self) -> list[dict]:
         out = []

@@ -13,7 +13,10 @@ class ServeSettings:
     batch runs at exactly this many rows, so results do not depend on batching); results_ttl:
     seconds a finished job and its images are kept; api_key: bearer key or None (no auth);
     cors_origin: the one allowed origin or None (CORS off). The max_* fields bound what one
-    request may ask for; each refusal is a 4xx naming the limit."""
+    request may ask for; each refusal is a 4xx naming the limit. preview_every: a live preview
+    every k sampler steps, made only while an event stream follows the job. batch_wait_ms: how
+    long the worker waits for compatible jobs to fill a generate batch before starting it
+    (0: start with what is queued; more trades latency at light load for fuller batches)."""
     max_queue: int = 32
     max_batch: int = 4
     results_ttl: float = 600.0
@@ -24,12 +27,16 @@ class ServeSettings:
     max_n: int = 8
     max_steps: int = 200
     max_size: int = 512
+    max_guidance: float = 50.0
     preview_every: int = 1
+    batch_wait_ms: float = 50.0
 
     def __post_init__(self) -> None:
         check_int("max_queue", self.max_queue, 1, 100_000)
         check_int("max_batch", self.max_batch, 1, 256)
         check_number("results_ttl", self.results_ttl, 0.0, lo_open=True)
         check_int("preview_every", self.preview_every, 1)
+        check_number("batch_wait_ms", self.batch_wait_ms, 0.0, 10_000.0)
+        check_number("max_guidance", self.max_guidance, 0.0)
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: put the key in the file, or start without --api-key-file")

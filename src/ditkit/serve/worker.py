@@ -6,6 +6,9 @@ batch has exactly max_batch rows and fixed-length text states: an image is byte-
 whether its job ran alone or beside others. Editing tasks run one job at a time. A batch that
 raises is re-run job by job, so a failing job fails alone; a cancelled job stops between
 sampler steps (the engine's callback raises once every job in the batch is cancelled).
+With batch_wait_ms the worker holds a generate batch that is not full for up to that long,
+so jobs submitted a moment apart share it. Previews (a small PNG of the x0 estimate) are
+made only for a job some event stream follows, every preview_every steps.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ class Cancelled(Exception):
     """Raised from the sampler callback when every job of the batch asked to cancel."""
 
 
-def png_bytes(image) -> bytes:
+PREVIEW_SIDE = 128  # previews larger than this are shrunk: they are a glance, not the result
+
+
+def png_bytes(image, compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -72,16 +78,22 @@ class ModelWorker:
     def queue_length(self) -> int:
         return len(self._queue)
 
-    def cancel(self, job: Job) -> None:
-        """Cancel now if queued; else ask the running batch to stop at its next step."""
-        with self._cond:
+    def cancel(self, job: Job) -> bool:
+        """Cancel now if queued; else ask the running batch to stop at its next step. False (and
+        nothing done) when the job has already finished. The check and the request happen under
+        the job's lock, and JobStore.finish turns a later "completed" into "cancelled", so an
+        accepted cancel always ends the job cancelled."""
+        with self._cond, job.lock:
+            if job.state in TERMINAL:
+                return False
+            job.cancel_requested = True
             queued = job in self._queue
             if queued:
                 self._queue.remove(job)
-        job.cancel_requested = True
         if queued:
             self.store.finish(job, "cancelled")
             self.metrics.finished(job)
+        return True
 
     def stop(self) -> None:
         with self._cond:
@@ -89,21 +101,37 @@ class ModelWorker:
             self._cond.notify()
 
     def _take(self) -> list[Job] | None:
-        """The next job and the queued jobs that can share its sampler batch."""
+        """The next job and the queued jobs that can share its sampler batch (waiting up to
+        batch_wait_ms for more while a generate batch is not full)."""
+        wait_s = self.settings.batch_wait_ms / 1000.0
         with self._cond:
-            while not self._queue and not self._stop:
-                self._cond.wait()
-            if self._stop:
-                return None
-            first = self._queue.popleft()
-            batch, images = [first], first.n
-            if first.batch_key is not None:
-                for job in list(self._queue):
-                    if job.batch_key == first.batch_key and images + job.n <= self.settings.max_batch:
+            deadline = None
+            while True:
+                while not self._queue and not self._stop:
+                    deadline = None  # (the first job may have been cancelled while we waited)
+                    self._cond.wait()
+                if self._stop:
+                    return None
+                batch = self._compatible()
+                now = time.monotonic()
+                deadline = now + wait_s if deadline is None else deadline
+                full = sum(j.n for j in batch) >= self.settings.max_batch
+                if full or batch[0].batch_key is None or now >= deadline:
+                    for job in batch:
                         self._queue.remove(job)
-                        batch.append(job)
-                        images += job.n
-            return batch
+                    return batch
+                self._cond.wait(deadline - now)  # a submit wakes us to look again
+
+    def _compatible(self) -> list[Job]:
+        """The first queued job and the queued jobs after it with its batch key, up to max_batch images."""
+        first = self._queue[0]
+        batch, images = [first], first.n
+        if first.batch_key is not None:
+            for job in list(self._queue)[1:]:
+                if job.batch_key == first.batch_key and images + job.n <= self.settings.max_batch:
+                    batch.append(job)
+                    images += job.n
+        return batch
 
     # -- running -----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -127,7 +155,10 @@ class ModelWorker:
 
     def _fail(self, job: Job, error: Exception) -> None:
         kind = "invalid_request_error" if isinstance(error, ValueError) else "server_error"
-        self.store.finish(job, "failed", error={"message": str(error) or error.__class__.__name__, "type": kind,
+        message = str(error) or error.__class__.__name__
+        for source in {str(s) for s in (self.pipe.source, self.pipe.engine.source) if s}:
+            message = message.replace(source, self.name)  # a client sees the model id, never the server's folder
+        self.store.finish(job, "failed", error={"message": message, "type": kind,
                                                 "param": None, "code": error.__class__.__name__})
 
     def _run_generate(self, batch: list[Job]) -> None:
@@ -177,7 +208,8 @@ class ModelWorker:
                 job.steps = info["steps"]
                 # the job's first image in this sampler batch (a job over max_batch images spans batches)
                 row = max(first, info["index"]) - info["index"]
-                shown = info["step"] % every == 0 and row < rows and info["index"] + row < first + job.n
+                shown = (job.watchers > 0 and info["step"] % every == 0 and row < rows
+                         and info["index"] + row < first + job.n)  # no stream open: no preview work at all
                 job.report(info["step"], progress, preview_png(info["x0"][row]) if shown else None)
 
         return to_pil(self.pipe.engine.generate(request, callback))
@@ -208,8 +240,12 @@ class ModelWorker:
 
 
 def preview_png(x0: torch.Tensor) -> str:
-    """A (C, H, W) estimate in [-1, 1] as a base64 PNG (the live preview of the event stream)."""
-    return base64.b64encode(png_bytes(to_pil(x0.detach().float().clamp(-1, 1)[None])[0])).decode()
+    """A (C, H, W) estimate in [-1, 1] as a base64 PNG (the live preview of the event stream):
+    at most PREVIEW_SIDE pixels a side, fastest zlib level (previews are sent, never stored)."""
+    image = to_pil(x0.detach().float().clamp(-1, 1)[None])[0]
+    if max(image.size) > PREVIEW_SIDE:
+        image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return base64.b64encode(png_bytes(image, compress_level=1)).decode()
 
 
 def is_finished(job: Job) -> bool:
