@@ -33,3 +33,29 @@ def benchmark_prompts(dataset: str, n: int, seed: int = 0) -> list[str] | None:
     if dataset == "digits":
         return digits.benchmark_prompts(max(1, n // 10))[:n]
     return None
+
+
+def check_world(batch_size: int, world: int) -> None:
+    """The global batch is split evenly over the ranks of a distributed run."""
+    if world < 1 or batch_size % world:
+        raise ValueError(f"train.batch_size {batch_size} (the global batch) must be a multiple of the world size "
+                         f"{world}, and at least it; each rank trains on batch_size / world samples")
+
+
+def rank_slice(batch_size: int, rank: int, world: int) -> slice:
+    """The part of a global batch of `batch_size` that rank `rank` of `world` trains on."""
+    check_world(batch_size, world)
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def training_batch(data_cfg, seed: int, step: int, batch_size: int, size: int, rank: int = 0,
+                   world: int = 1):
+    """Rank `rank`'s part of the global training batch of step `step`: images
+    (batch_size / world, 3, S, S) in [-1, 1] and their captions. The global batch depends only
+    on (seed, step), so a run's data is the same on any world size; `data_cfg` is the config's
+    data section (DataConfig). Built-in worlds draw the whole batch and slice it (a few
+    milliseconds at 64x64)."""
+    part = rank_slice(batch_size, rank, world)
+    x0, captions = make_batch(data_cfg.dataset, seed, step, batch_size, size, data_cfg.mix)
+    return x0[part], captions[part]
