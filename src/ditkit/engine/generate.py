@@ -29,7 +29,7 @@ from ditkit.core.precision import model_for
 from ditkit.core.sampling import StepInfo, get_sampler, pure_noise_prior, timesteps
 from ditkit.engine.cache import CachedModel, parse_cache_spec
 from ditkit.engine.request import CacheFactory, CacheSetting, GenerationRequest, sample_settings, seed_list
-from ditkit.engine.velocity import fixed_length_context, prompt_velocity
+from ditkit.engine.velocity import fixed_length_context, fixed_text_length, prompt_velocity
 
 # The user callback gets the sampler's StepInfo ({step, steps, t, x, x0} of the current batch)
 # plus progress over the whole request: done and total in image-steps, and index, the position
@@ -139,6 +139,7 @@ class Engine:
         noise = initial_noise(len(prompts), (model.config.in_channels, request.size, request.size), request.seeds,
                               self.device)
         outs, total, done = [], len(prompts) * request.steps, 0
+        text_length = fixed_text_length(self.encoder, prompts) if request.fixed_shape else None
         for i in range(0, len(prompts), b):
             chunk = list(prompts[i:i + b])
             rows, x = len(chunk), noise[i:i + len(chunk)]
@@ -146,19 +147,21 @@ class Engine:
                 chunk += [""] * (b - rows)
                 x = torch.cat([x, x.new_zeros(b - rows, *x.shape[1:])])
             net = CachedModel(runner, make_cache()) if make_cache else runner
-            velocity = self.batch_velocity(request, chunk, net, prior)
+            velocity = self.batch_velocity(request, chunk, net, prior, text_length)
             report = _progress(callback, done, rows, total, i) if callback else None
             outs.append(check_finite(sampler(velocity, x, ts, report)[:rows], self.source))
             done += rows * request.steps
         return torch.cat(outs)
 
     def batch_velocity(self, request: GenerationRequest, prompts: Sequence[str], net: torch.nn.Module,
-                       prior: torch.nn.Module | None) -> Velocity:
+                       prior: torch.nn.Module | None, text_length: int | None = None) -> Velocity:
         """The velocity a batch of prompts is sampled with: CFG/APG in the guidance interval,
-        with the first steps from a pure-noise prediction where the request asks for them."""
+        with the first steps from a pure-noise prediction where the request asks for them.
+        text_length: a fixed_shape request's padded text length (velocity.fixed_text_length)."""
         # int8 runs its quantized Linear layers without autocast
         precision = "fp32" if request.precision == "int8" else request.precision
-        context = fixed_length_context(self.encoder, prompts, self.device) if request.fixed_shape else None
+        context = (fixed_length_context(self.encoder, prompts, self.device, text_length) if request.fixed_shape
+                   else None)
         velocity = prompt_velocity(net, self.encoder, prompts, request.guidance, request.apg,
                                    request.guidance_interval, precision, context)
         if request.uses_prior:

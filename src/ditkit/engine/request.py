@@ -92,9 +92,11 @@ class GenerationRequest:
     steps with t >= prior_until take x0 from the t = 1 prediction of prior_model ("" = the
     model itself; sampling.pure_noise_prior). batch_size: prompts per forward batch (an image
     does not depend on its batch). fixed_shape: every forward batch runs at exactly batch_size
-    rows (dummy rows appended) with text states padded to the encoder's max length, so an
-    image is bit-identical whichever other prompts share its batch (on CPU, a matmul's result
-    can change in the last bits with its shape); the server batches requests this way."""
+    rows (dummy rows appended) with text states padded to the request's text-length bucket (its
+    longest prompt's token count rounded up to 16, velocity.fixed_text_length), so an image is
+    bit-identical whichever other prompts of the same bucket share its request (on CPU, a
+    matmul's result can change in the last bits with its shape); the server batches requests
+    this way, one bucket per batch."""
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     size: int = SampleConfig.size  # the defaults are SampleConfig's, written once there

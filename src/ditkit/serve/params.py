@@ -23,6 +23,7 @@ from ditkit.api import Pipeline
 from ditkit.core.images import check_pixels, check_strength
 from ditkit.core.limits import check_int, check_number, check_seed
 from ditkit.core.sampling import SAMPLER_NAMES
+from ditkit.engine.velocity import fixed_text_length
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import Job
 from ditkit.serve.settings import ServeSettings
@@ -195,7 +196,10 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
                                sampler=sample.sampler, size=sample.size)
         request.check_for(pipe.model)
         args = dict(prompts=[prompt] * n, sampler=sample.sampler, size=sample.size, apg=apg, **common)
-        key = (name, task, sample.size, sample.steps, sample.guidance, sample.sampler, apg)
+        # The text-length bucket is part of the key: a batch pads every prompt to one length
+        # (GenerationRequest.fixed_shape), so jobs of one bucket batch without changing a pixel.
+        bucket = fixed_text_length(pipe.engine.encoder, [prompt])
+        key = (name, task, sample.size, sample.steps, sample.guidance, sample.sampler, apg, bucket)
         return Job(task, name, args, seeds, batch_key=key, steps=sample.steps)
     method = body.get("method") or "auto"
     if method not in INPAINT_METHODS:  # checked here too, so the job is refused before it is queued
