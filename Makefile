@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean chromium
+.PHONY: demo test setup clean chromium emoji-font
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,7 +28,13 @@ chromium:
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium) \
 		|| echo 'make: warning: could not install chromium with apt; tests/test_serve_browser.py will be skipped'
 
-test: $(STAMP) chromium
+# Debian's Noto Color Emoji for `ditkit data emoji` (ditkit never runs apt itself; tests/test_emoji.py
+# renders glyphs with it and skips those tests without the font file).
+emoji-font:
+	test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf || (apt-get update -q && apt-get install -y -q --no-install-recommends fonts-noto-color-emoji) \
+		|| echo 'make: warning: could not install fonts-noto-color-emoji with apt; tests/test_emoji.py will skip its rendering tests'
+
+test: $(STAMP) chromium emoji-font
 	$(PY) -m pytest
 
 clean:

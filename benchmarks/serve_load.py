@@ -26,10 +26,8 @@ import io
 import itertools
 import json
 import math
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +40,7 @@ from PIL import Image
 
 import ditkit
 from common import apply_threads, markdown_table, parser, write_json
+from ditkit.serve import running_server
 from ditkit.serve.app import create_app
 from ditkit.serve.settings import ServeSettings
 
@@ -59,11 +58,9 @@ def free_port() -> int:
         return s.bind((HOST, 0)) or s.getsockname()[1]
 
 
-def wait_healthy(base: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+def wait_healthy(base: str, timeout: float = 180.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:  # the server is up once /healthz answers 200
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before answering /healthz")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                 return
@@ -73,23 +70,12 @@ def wait_healthy(base: str, proc: subprocess.Popen | None = None, timeout: float
 
 @contextlib.contextmanager
 def server_process(args, threads: int):
-    """`python -m ditkit serve` on a free loopback port; yields (base URL, process)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "ditkit", "serve", "--host", HOST, "--port", str(port), "--models", args.model,
-           "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
-           "--batch-wait-ms", str(args.batch_wait_ms)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # its warnings reach our stderr
-    try:
-        wait_healthy(f"http://{HOST}:{port}", proc)
-        yield f"http://{HOST}:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """`python -m ditkit serve` on a free loopback port (ditkit.serve.running_server); yields
+    (base URL, process)."""
+    with running_server(args.model, "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
+                        "--batch-wait-ms", str(args.batch_wait_ms), host=HOST,
+                        env={"OMP_NUM_THREADS": str(threads)}) as server:
+        yield server.url, server.process
 
 
 @contextlib.contextmanager

@@ -28,13 +28,19 @@ def pipe():
     return ditkit.load("shapes-64")
 
 
+@pytest.fixture(scope="module")
+def upscaler():
+    return ditkit.load("shapes-upscale")
+
+
 @pytest.fixture
 def make_client(pipe):
     made = []
 
     def make(**settings):
         clock = settings.pop("clock", time.monotonic)
-        app = create_app({"shapes-64": pipe}, ServeSettings(**settings), clock=clock)
+        pipes = settings.pop("pipes", None) or {"shapes-64": pipe}
+        app = create_app(pipes, ServeSettings(**settings), clock=clock)
         made.append(app)
         return TestClient(app)
 
@@ -185,29 +191,154 @@ def events_of(client, job_id) -> list[tuple[str, dict]]:
     return list(zip(names, [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]))
 
 
-def check_progress(events, steps: int, unit: str) -> list[int]:
-    """Every progress event counts `unit`s out of `steps` and progress grows to 1; returns the steps seen."""
+def check_progress(events, steps: int) -> list[int]:
+    """A start event (step 0, progress 0), then one per sampler step counting 1..steps (restarting
+    per sampler batch or per image); progress grows to 1. Returns the steps seen."""
     progress = [data for name, data in events if name == "progress"]
-    assert progress and all(p["steps"] == steps and p["unit"] == unit and 0 <= p["step"] <= steps for p in progress)
+    assert progress[0]["step"] == 0 and progress[0]["progress"] == 0.0
+    assert all(p["steps"] == steps and p["unit"] == "step" and 1 <= p["step"] <= steps for p in progress[1:])
     values = [p["progress"] for p in progress]
-    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    assert values == sorted(values) and values[-1] == 1.0
     return [p["step"] for p in progress]
 
 
-def test_progress_counts_sampler_steps_or_images(client):
-    """generate: step s of the sampler's S steps; an editing task (no step callback): image k of n."""
+def test_progress_counts_sampler_steps_of_every_task(client):
+    """generate and the editing tasks alike: step s of the sampler's S steps, progress over the job."""
     job = run_job(client, **GEN)
     assert (job["step"], job["steps"], job["unit"]) == (2, 2, "step")
-    assert check_progress(events_of(client, job["id"]), 2, "step") == [0, 1, 2]
+    assert check_progress(events_of(client, job["id"]), 2) == [0, 1, 2]
     image = b64(Image.new("RGB", (64, 64), "white"))
-    queued = client.post("/v1/jobs", json={"task": "fuse", "image": image, "image_b": image, "steps": 3, "n": 2})
-    job = wait(client, queued.json()["id"])
-    assert job["state"] == "completed" and (job["step"], job["steps"], job["unit"]) == (2, 2, "image")
+    # fusion, two images one after the other: strength 0.5 of 3 steps samples 2 steps each
+    job = run_job(client, task="fuse", image=image, image_b=image, steps=3, n=2)
+    assert job["state"] == "completed" and (job["step"], job["steps"], job["unit"]) == (2, 2, "step")
     events = events_of(client, job["id"])
-    assert check_progress(events, 2, "image") == [0, 1, 2]
-    assert [d["progress"] for n, d in events if n == "progress"] == [0.0, 0.5, 1.0]
-    job = run_job(client, task="vary", image=image, steps=2, n=3)  # one batched call: 0 of 3, then 3 of 3
-    assert check_progress(events_of(client, job["id"]), 3, "image") == [0, 3]
+    assert check_progress(events, 2) == [0, 1, 2, 1, 2]
+    assert [d["progress"] for n, d in events if n == "progress"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    job = run_job(client, task="vary", image=image, steps=4, n=3)  # one batched call: strength 0.6 of 4 = 3 steps
+    assert check_progress(events_of(client, job["id"]), 3) == [0, 1, 2, 3]
+    job = run_job(client, task="edit", image=image, source_prompt="a white square", prompt="a red circle", steps=3)
+    assert check_progress(events_of(client, job["id"]), 6) == list(range(7))  # 3 inversion steps, then 3 sampling
+    mask = b64(Image.fromarray(np.pad(np.full((32, 32), 255, np.uint8), 16)))
+    job = run_job(client, task="inpaint", image=image, mask=mask, steps=3, n=2, seed=1)
+    assert check_progress(events_of(client, job["id"]), 3) == [0, 1, 2, 3, 1, 2, 3]
+
+
+def test_editing_job_previews_while_watched(client):
+    """An editing job makes a preview of its x0 estimate at each step while a stream follows it."""
+    blocker = client.post("/v1/jobs", json={**GEN, "steps": 200}).json()["id"]  # holds the worker while we connect
+    wait(client, blocker, ("running",))
+    image = b64(Image.new("RGB", (64, 64), "white"))
+    watched = client.post("/v1/jobs", json={"task": "outpaint", "image": image, "right": 16, "steps": 3}).json()["id"]
+    with client.stream("GET", f"/v1/jobs/{watched}/events") as s:
+        client.post(f"/v1/jobs/{blocker}/cancel")
+        text = "".join(s.iter_text())
+    previews = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and "preview" in line]
+    assert [p["step"] for p in previews] == [1, 2, 3]
+    # the working canvas of the outpaint (64x80 at the model's scale), not the final result
+    assert Image.open(io.BytesIO(base64.b64decode(previews[-1]["preview"]))).size == (80, 64)
+
+
+def test_cancel_of_an_editing_job_lands_between_sampler_steps(client):
+    image = b64(Image.new("RGB", (64, 64), "white"))
+    mask = b64(Image.fromarray(np.pad(np.full((32, 32), 255, np.uint8), 16)))
+    job_id = client.post("/v1/jobs", json={"task": "inpaint", "image": image, "mask": mask, "steps": 200}).json()["id"]
+    while client.get(f"/v1/jobs/{job_id}").json()["step"] < 1:  # running, past its first sampler step
+        time.sleep(0.01)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    view = wait(client, job_id)
+    assert view["state"] == "cancelled" and 1 <= view["step"] < 200 and view["result"] == []
+    last = [d for n, d in events_of(client, job_id) if n == "progress"][-1]
+    assert last["step"] < 200 and last["progress"] < 1
+    assert run_job(client, **GEN)["state"] == "completed"  # the worker still serves
+
+
+def test_multipart_inpaint_job_matches_json_and_the_library(client, pipe):
+    """POST /v1/jobs as multipart/form-data: text fields typed as the JSON body's, images as files;
+    the same request in JSON and a direct Pipeline.inpaint give the same pixels."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    fill = np.zeros((64, 64), np.uint8)
+    fill[8:40, 24:56] = 255  # ditkit's convention: white where to fill
+    mask = Image.fromarray(fill)
+    fields = {"task": "inpaint", "prompt": "a red circle", "steps": "3", "seed": "5", "guidance": "3.5", "n": ""}
+    r = client.post("/v1/jobs", data=fields, files=[("image", ("scene.png", png(image), "image/png")),
+                                                    ("mask", ("mask.png", png(mask), "image/png"))])
+    assert r.status_code == 202, r.text
+    job = wait(client, r.json()["id"])
+    assert job["state"] == "completed" and job["seeds"] == [5]
+    from_form = client.get(job["result"][0]).content
+    from_json = run_job(client, task="inpaint", prompt="a red circle", steps=3, seed=5, guidance=3.5, image=b64(image),
+                        mask=b64(mask))
+    assert client.get(from_json["result"][0]).content == from_form
+    result = np.asarray(Image.open(io.BytesIO(from_form)).convert("RGB"))
+    kept = fill == 0
+    assert (result[kept] == np.asarray(image)[kept]).all() and not (result[~kept] == np.asarray(image)[~kept]).all()
+    direct = pipe.inpaint(image, mask, "a red circle", seed=5, steps=3, guidance=3.5)  # no callback, no previews
+    assert np.array_equal(np.asarray(direct), result)
+    two = client.post("/v1/jobs", data={"task": "fuse", "steps": "2", "seed": "1"},
+                      files=[("images", ("a.png", png(image), "image/png")),
+                             ("images", ("b.png", png(mask.convert("RGB")), "image/png"))])
+    assert wait(client, two.json()["id"])["state"] == "completed"  # repeated images: image and image_b
+
+
+def test_multipart_job_bad_inputs(make_client):
+    client = make_client(max_upload_bytes=4096)
+    small = png(Image.new("RGB", (64, 64), "white"))
+    noise = png(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    assert len(small) < 4096 < len(noise)
+    files = {"image": ("a.png", small, "image/png")}
+    err = error_of(client.post("/v1/jobs", content=b"task=vary", headers={"content-type": "text/plain"}), 400)
+    assert err["code"] == "invalid_content_type" and "multipart/form-data" in err["message"]
+    urlencoded = client.post("/v1/jobs", data={"task": "vary"})  # a form without files
+    assert error_of(urlencoded, 400)["code"] == "invalid_content_type"
+    err = error_of(client.post("/v1/jobs", data={"task": "vary"}, files={"image": ("a.png", b"not a png", "image/png")}),
+                   400)
+    assert (err["param"], err["code"]) == ("image", "invalid_image")
+    err = error_of(client.post("/v1/jobs", data={"task": "vary"}, files={"image": ("a.png", noise, "image/png")}), 413)
+    assert err["param"] == "image" and "max_upload_bytes" in err["message"]
+    truncated = client.post("/v1/jobs", data={"task": "vary"}, files={"image": ("a.png", small[:60], "image/png")})
+    assert error_of(truncated, 400)["param"] == "image"
+    for form, param in [({"task": "vary", "steps": "abc"}, "steps"), ({"task": "vary", "steps": "0"}, "steps"),
+                        ({"task": "vary", "guidance": "nan"}, "guidance"), ({"task": "vary", "stpes": "2"}, "stpes"),
+                        ({"task": "vary", "image_b": "abc"}, "image_b"), ({"task": "vary", "steps": "2"}, None)]:
+        if param is None:  # a file under a name that is not an image field
+            r = client.post("/v1/jobs", data=form, files={"image": files["image"], "photo": files["image"]})
+            param = "photo"
+        else:
+            r = client.post("/v1/jobs", data=form, files=files)
+        assert error_of(r, 400)["param"] == param, r.text
+    three = [("images", ("a.png", small, "image/png"))] * 3
+    assert error_of(client.post("/v1/jobs", data={"task": "fuse"}, files=three), 400)["code"] == "too_many_images"
+    other = png(Image.new("L", (32, 32)))
+    err = error_of(client.post("/v1/jobs", data={"task": "inpaint"},
+                               files={"image": files["image"], "mask": ("m.png", other, "image/png")}), 400)
+    assert err["param"] == "mask" and "32x32" in err["message"]
+    assert error_of(client.post("/v1/jobs", data={"task": "inpaint"}, files=files), 400)["param"] == "mask"
+    assert client.app.state.service.store.all() == []
+
+
+def test_limits_of_long_editing_jobs(make_client, pipe, upscaler):
+    """Results that follow the input's size are bounded before queueing: an outpaint's canvas
+    (max_output_pixels, and at most twice the image), an upscale's side (max_size)."""
+    client = make_client(pipes={"shapes-64": pipe, "shapes-upscale": upscaler}, max_output_pixels=64 * 80 - 1)
+    image = b64(Image.new("RGB", (64, 64), "white"))
+    err = error_of(client.post("/v1/jobs", json={"task": "outpaint", "image": image, "right": 16}), 400)
+    assert err["code"] == "output_too_large" and "max_output_pixels" in err["message"] and "80x64" in err["message"]
+    err = error_of(client.post("/v1/jobs", json={"task": "outpaint", "image": image, "right": 100}), 400)
+    assert "at most double" in err["message"]
+    err = error_of(client.post("/v1/jobs", json={"task": "outpaint", "image": image}), 400)
+    assert "at least one" in err["message"]
+    assert client.app.state.service.store.all() == []
+    client = make_client(pipes={"shapes-64": pipe, "shapes-upscale": upscaler})  # the default limits
+    big = b64(Image.new("RGB", (260, 200), "white"))
+    err = error_of(client.post("/v1/jobs", json={"task": "upscale", "image": big}), 400)
+    assert err["param"] == "image" and "max_size" in err["message"] and "520x400" in err["message"]
+    assert client.app.state.service.store.all() == []
+    largest = client.post("/v1/jobs", json={"task": "upscale", "image": b64(Image.new("RGB", (256, 256))),
+                                            "steps": 200})
+    assert largest.status_code == 202  # 512 px a side is allowed (stopped: running it is not this test's point)
+    client.post(f"/v1/jobs/{largest.json()['id']}/cancel")
+    assert wait(client, largest.json()["id"])["state"] == "cancelled"
 
 
 def test_same_request_same_png_alone_or_batched(make_client):
@@ -322,6 +453,10 @@ BAD_JOBS = [
     ({"task": "inpaint", "prompt": "x"}, 400, "image"),
     ({"task": "outpaint", "image": b64(Image.new("RGB", (64, 64))), "right": 16, "method": "bogus"}, 400, "method"),
     ({**GEN, "unknown_field": 1}, 400, "unknown_field"),
+    ({"task": "vary", "image": base64.b64encode(b"not an image").decode()}, 400, "image"),
+    ({"task": "vary", "image": base64.b64encode(png(Image.new("RGB", (64, 64), "red"))[:60]).decode()}, 400, "image"),
+    ({"task": "vary", "image": "%%% not base64"}, 400, "image"),
+    ({"task": "inpaint", "image": b64(Image.new("RGB", (64, 64))), "mask": b64(Image.new("L", (32, 32)))}, 400, "mask"),
 ]
 
 

@@ -15,11 +15,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +24,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
+from ditkit.serve import running_server  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -43,12 +39,6 @@ if not shutil.which(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: `make test` installs Chromium with apt", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read()
@@ -56,35 +46,14 @@ def get(url: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The base URL of a `ditkit serve` process; its log is shown if it dies."""
-    port = free_port()
+    """The base URL of a `ditkit serve` process (ditkit.serve.running_server: a free loopback
+    port); its log is in the failure if it does not start."""
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ditkit", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--models", MODELS], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ditkit serve exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if json.loads(get(f"{url}/healthz"))["status"] == "ok":
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ditkit serve did not answer /healthz:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with running_server(MODELS, env={"OMP_NUM_THREADS": "1"}, log_path=log_path, startup_timeout=STARTUP_S) as s:
+            yield s.url
+    except RuntimeError as e:  # it exited or never answered /healthz: the message holds its log
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +137,8 @@ def test_generate_shows_progress_and_preview_then_the_image(page, server):
 
     card = page.locator("#gallery li").first
     assert "seed 7" in card.inner_text()
-    size = card.locator("img").evaluate("img => img.complete && [img.naturalWidth, img.naturalHeight]")
+    # decode() waits for the image to load (the card is added before its PNG arrives)
+    size = card.locator("img").evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])")
     assert size == [64, 64]
     href = card.locator("a[download]").get_attribute("href")
     png = Image.open(io.BytesIO(get(server + href)))
@@ -227,6 +197,8 @@ def test_every_other_task_runs_from_its_tab(page, server, tab, kind, size):
     assert card.inner_text().startswith(task)
     result = Image.open(io.BytesIO(get(server + card.locator("img").get_attribute("src"))))
     assert result.size == size
+    # editing tasks stream their sampler steps and x0 previews too
+    assert page.is_visible("#preview") and page.get_attribute("#preview", "src").startswith("data:image/png;base64,")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -306,20 +278,30 @@ def test_cancel_a_running_job(page):
 
 
 def test_screenshot_of_every_tab(page, tmp_path):
+    """Each tab after running its own task: its result first in the gallery, its last x0 preview
+    and "Done" in the progress panel (the inpaint tab with its painted mask)."""
     out = FIGURES if os.environ.get("DITKIT_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    generate(page, steps=12, seed=3)  # a gallery to show
     for tab in TABS:
         page.click(f"#tab-{tab}")
         assert page.get_attribute(f"#tab-{tab}", "aria-selected") == "true"
         assert page.locator("#form-error").is_hidden(), page.inner_text("#form-error")  # a model serves each tab
-        if tab in ("inpaint", "outpaint", "vary", "fuse", "upscale"):
+        if tab != "generate":
             page.wait_for_function("document.getElementById('image-canvas').width > 0")
-        if tab == "inpaint":
+        if tab == "inpaint":  # a stroke over the blue square of the sample scene
             box = page.locator("#mask-canvas").bounding_box()
             page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.4)
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.6, steps=4)
             page.mouse.up()
+        page.fill("#steps", "12")
+        page.fill("#seed", "3")
+        before = page.locator("#gallery li").count()
+        page.click("#submit")
+        page.wait_for_function(f"document.querySelectorAll('#gallery li').length > {before}")
+        card = page.locator("#gallery li").first
+        assert card.inner_text().startswith(tab)
+        card.locator("img").evaluate("img => img.decode()")  # loaded before the picture is taken
+        assert page.is_visible("#preview") and page.inner_text("#job-status").startswith("Done")
         path = out / f"serve-{tab}.png"
         page.screenshot(path=str(path), full_page=True)
         assert Image.open(path).size[0] == 1100

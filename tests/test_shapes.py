@@ -277,7 +277,7 @@ def test_render_validates_and_clips():
     with pytest.raises(ValueError, match="unknown shape"):
         S.render([ShapeObject("hexagon", "red", 1, 1, 10)])
     with pytest.raises(ValueError, match="unknown color"):
-        S.render([ShapeObject("circle", "pink", 1, 1, 10)])
+        S.render([ShapeObject("circle", "teal", 1, 1, 10)])
     image = np.asarray(S.render([ShapeObject("square", "red", 60, 60, 10)], 64))
     assert (image[60:, 60:] == S.PALETTE["red"]).all() and isinstance(S.render([]), Image.Image)
 
@@ -337,7 +337,7 @@ def test_parse_caption(caption, expected):
 
 @pytest.mark.parametrize(
     "caption",
-    ["", "a red hexagon", "a pink circle", "five red circles", "two red circle", "a red circles",
+    ["", "a red hexagon", "a teal circle", "five red circles", "two red circle", "a red circles",
      "a huge red circle", "a red circle to the left of", "red circle",
      "a red circle above a blue square below a green triangle",
      "a red circle above a blue square and a red square"],

@@ -20,6 +20,7 @@ from ditkit.accel.scaling import BestOfN, Verifier, candidate_seeds, get_verifie
 from ditkit.core.checkpoint import WEIGHTS_DIR, embedded_models, load_model, resolve_model
 from ditkit.core.config import SampleConfig
 from ditkit.core.encoders import TextEncoder, get_text_encoder
+from ditkit.core.lora import AdapterStack
 from ditkit.core.guidance import APG
 from ditkit.core.images import ImageLike, to_pil
 from ditkit.core.limits import MAX_BEST_OF, MAX_NUM_IMAGES, check_int, check_seed
@@ -48,6 +49,8 @@ class Pipeline:
         self.engine = Engine(model, self._load_encoder, self.defaults, source)
         self._companions: dict[str, Pipeline | None] = {}
         self._companion_lock = threading.Lock()
+        self._loras: tuple[AdapterStack, torch.nn.Module] | None = None  # LoRA state and the model it built
+        self._lora_lock = threading.Lock()
 
     @property
     def model(self) -> torch.nn.Module:
@@ -152,54 +155,115 @@ class Pipeline:
     # -- editing tasks (ditkit.tasks.pipeline_edit) ----------------------------------------------
     def vary(self, image: ImageLike, prompt: str = "", strength: float = 0.6, num_images: int = 1,
              seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-             shift: float | None = None, precision: str = "fp32") -> list[Image.Image]:
+             shift: float | None = None, precision: str = "fp32",
+             callback: ProgressCallback | None = None) -> list[Image.Image]:
         """SDEdit variations of an image (with a prompt: text+image fusion, "add a red circle").
-        strength 0 keeps the image, 1 ignores it. Output at the model's size."""
+        strength 0 keeps the image, 1 ignores it. Output at the model's size.
+        callback (every editing method): after each sampler step, {step, steps, t, x, x0} with
+        steps counted over the whole call (ditkit.tasks.pipeline_edit.vary)."""
         return edits.vary(self.engine, image, prompt, strength, num_images, seed, steps, guidance, sampler, shift,
-                          precision)
+                          precision, callback)
 
     def edit(self, image: ImageLike, source_prompt: str, prompt: str, strength: float = 1.0,
              steps: int | None = None, guidance: float | None = None, shift: float | None = None,
-             precision: str = "fp32") -> Image.Image:
+             precision: str = "fp32", callback: ProgressCallback | None = None) -> Image.Image:
         """Invert the image under source_prompt (the ODE from the image towards noise, to
         t = strength) and re-generate it under prompt from there."""
-        return edits.edit(self.engine, image, source_prompt, prompt, strength, steps, guidance, shift, precision)
+        return edits.edit(self.engine, image, source_prompt, prompt, strength, steps, guidance, shift, precision,
+                          callback)
 
     def inpaint(self, image: ImageLike, mask: ImageLike, prompt: str = "", method: str = "auto",
                 seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                shift: float | None = None, resample: int = 0, precision: str = "fp32") -> Image.Image:
+                shift: float | None = None, resample: int = 0, precision: str = "fp32",
+                callback: ProgressCallback | None = None) -> Image.Image:
         """Fill the mask's white region. method: 'model' (the inpainting model, this one or the
         embedded <name>-inpaint), 'blend' (training-free, any model), 'auto' (model if there is
         one). resample: RePaint resampling rounds per step. The output has the input's size and
         its pixels outside the mask are the input's, byte for byte."""
         return edits.inpaint(self.engine, image, mask, prompt, method, seed, steps, guidance, sampler, shift,
-                             resample, precision, companion=self._companion_engine)
+                             resample, precision, companion=self._companion_engine, callback=callback)
 
     def outpaint(self, image: ImageLike, prompt: str = "", left: int = 0, right: int = 0, top: int = 0,
                  bottom: int = 0, method: str = "auto", seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, shift: float | None = None,
-                 resample: int = 0, precision: str = "fp32") -> Image.Image:
+                 resample: int = 0, precision: str = "fp32", callback: ProgressCallback | None = None) -> Image.Image:
         """Extend the canvas by the given pixels on each side (the new canvas at most twice the
         image's width and height) and fill the new area. Canvases larger than the model's
         size are sampled in overlapping windows. The original pixels are kept byte for byte."""
         return edits.outpaint(self.engine, image, prompt, left, right, top, bottom, method, seed, steps, guidance,
-                              sampler, shift, resample, precision, companion=self._companion_engine)
+                              sampler, shift, resample, precision, companion=self._companion_engine, callback=callback)
 
     def fuse(self, image_a: ImageLike, image_b: ImageLike, alpha: float = 0.5, prompt: str | None = None,
              prompt_a: str = "", prompt_b: str = "", mode: str = "pixels", condition: str = "join",
              strength: float | None = None, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-             shift: float | None = None, precision: str = "fp32") -> Image.Image:
+             shift: float | None = None, precision: str = "fp32",
+             callback: ProgressCallback | None = None) -> Image.Image:
         """One image carrying content of both A and B (alpha 0 is A, 1 is B); see
         ditkit.tasks.pipeline_edit.fuse for the modes and conditions."""
         return edits.fuse(self.engine, image_a, image_b, alpha, prompt, prompt_a, prompt_b, mode, condition,
-                          strength, seed, steps, guidance, shift, precision)
+                          strength, seed, steps, guidance, shift, precision, callback)
 
     def upscale(self, image: ImageLike, prompt: str = "", seed: int = 0, steps: int | None = None,
-                guidance: float | None = None, sampler: str | None = None, precision: str = "fp32") -> Image.Image:
+                guidance: float | None = None, sampler: str | None = None, precision: str = "fp32",
+                callback: ProgressCallback | None = None) -> Image.Image:
         """2x super-resolution with an upscaling model (e.g. shapes-upscale). Inputs with sides
         not a multiple of 4 are resized to one (with a warning); inputs over 512 px are refused.
         Outputs larger than 2x the training size are sampled in overlapping windows."""
-        return edits.upscale(self.engine, image, prompt, seed, steps, guidance, sampler, precision)
+        return edits.upscale(self.engine, image, prompt, seed, steps, guidance, sampler, precision, callback)
+
+    # -- LoRA adapters (ditkit.core.lora; docs/lora.md) -----------------------------------------
+    # Every change builds a new model from the untouched base and swaps it in as one assignment
+    # (core.lora.AdapterStack): a generation running in another thread (the HTTP server shares a
+    # pipeline) finishes on the model it started with; changes are serialised by a lock.
+    def load_lora(self, name_or_path: str | Path, scale: float = 1.0) -> "Pipeline":
+        """Add a LoRA adapter: a folder (peft's adapter_config.json + adapter_model.safetensors and
+        ditkit_base.json, as `ditkit train` with train.lora writes it) or an embedded adapter
+        (shapes-64-lora-pink). scale multiplies its update (0 = off, 1 = as trained). Adapters add
+        up; one trained on another base is refused. Returns self."""
+        return self._change_loras(lambda stack: stack.with_adapter(name_or_path, scale))
+
+    def set_lora_scale(self, scale: float, index: int | None = None) -> "Pipeline":
+        """Change the scale of the adapter loaded index-th (every adapter when None). Returns self."""
+        return self._change_loras(lambda stack: stack.with_scale(scale, index))
+
+    def merge_lora(self) -> "Pipeline":
+        """Fold the loaded adapters into the weights (W + scale * alpha / r * B A): plain Linear
+        layers, as fast as the base model. Returns self."""
+        return self._change_loras(lambda stack: stack.with_merged(True))
+
+    def unmerge_lora(self) -> "Pipeline":
+        """Undo merge_lora: the adapters run as separate layers again, exactly as before merging
+        (rebuilt from the base weights, not by subtraction). Returns self."""
+        return self._change_loras(lambda stack: stack.with_merged(False))
+
+    def unload_lora(self) -> "Pipeline":
+        """Remove every adapter: the base model again, bit for bit. Returns self."""
+        return self._change_loras(lambda stack: stack.without_adapters())
+
+    # the names diffusers users know
+    load_lora_weights, fuse_lora, unfuse_lora, unload_lora_weights = load_lora, merge_lora, unmerge_lora, unload_lora
+
+    @property
+    def loras(self) -> list[tuple[str, float]]:
+        """(folder, scale) of each loaded adapter, in loading order."""
+        current = self._loras
+        return current[0].describe() if current is not None and current[1] is self.model else []
+
+    def _change_loras(self, change) -> "Pipeline":
+        with self._lora_lock:
+            current = self._loras
+            # A stack applies to the model it built; a model set since (pipe.model = ...) is a new base.
+            embedded = Path(self.source).parent == WEIGHTS_DIR  # named as the user names it
+            stack = current[0] if current is not None and current[1] is self.model else \
+                AdapterStack.on(self.model, Path(self.source).name if embedded else self.source)
+            new = change(stack)
+            compiled = getattr(self.model, "_ditkit_compiled", False)
+            model = new.build()
+            self.model = model  # one assignment: a new Engine around the new model
+            self._loras = (new, model)
+            if compiled:
+                self.compile()
+        return self
 
     # -- speed -----------------------------------------------------------------------------------
     def compile(self) -> "Pipeline":

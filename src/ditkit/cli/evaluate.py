@@ -1,4 +1,4 @@
-"""`ditkit eval shapes|digits|fwd|edit`: the benchmarks (ditkit.evaluation; best-of-N curves
+"""`ditkit eval shapes|digits|fwd|edit|emoji`: the benchmarks (ditkit.evaluation; best-of-N curves
 from ditkit.accel.scaling). The verbs check arguments, call the evaluation and print JSON."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_arg
 from ditkit.core.config import SampleConfig
 from ditkit.core.guidance import APG
 from ditkit.core.progress import progress_bar, progress_callback
-from ditkit.data import digits
+from ditkit.data import digits, emoji
 from ditkit.engine.cache import parse_cache_spec
+from ditkit.evaluation.emoji_eval import emoji_eval, save_emoji_outputs
 from ditkit.evaluation.edit_eval import EDIT_TASKS, edit_eval, save_edit_outputs
 from ditkit.evaluation.evaluate import benchmark_prompts_for, digits_eval, digits_fwd, shapes_eval
 from ditkit.evaluation.fwd import fwd_from_statistics, fwd_statistics, statistics_of
@@ -76,9 +77,20 @@ def add_parsers(sub) -> None:
     add_debug(ee)
     ee.set_defaults(handler=cmd_eval_edit)
 
+    em = esub.add_parser("emoji", help="emoji model: prompt fidelity (nearest real emoji) and FWD, training vs held-out names")
+    em.add_argument("--data", help="the folder `ditkit data emoji -o DIR` wrote (default: the one the model trained on)")
+    em.add_argument("--out-dir", help="save results.json, grid_train.png, grid_heldout.png and report.md here")
+    em.add_argument("--train-limit", type=positive_int("--train-limit"),
+                    help="generate for this many evenly spaced training names (default: all); held-out names: all")
+    em.add_argument("--level", type=positive_int("--level"), default=4, help="FWD wavelet packet level (default 4)")
+    add_sampling_args(em)
+    em.set_defaults(model=None)
+    add_debug(em)
+    em.set_defaults(handler=cmd_eval_emoji)
+
 
 def _no_benchmark(args: argparse.Namespace) -> int:
-    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit")
+    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit|emoji")
 
 
 def _prepare_out_dir(path: str | None) -> None:
@@ -204,3 +216,37 @@ def cmd_eval_edit(args: argparse.Namespace) -> int:
         save_edit_outputs(results, examples, Path(args.out_dir), command=getattr(args, "command_line", ""))
     print(json.dumps(results, indent=2))
     return 0
+
+
+def cmd_eval_emoji(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise UserError("give --model: the trained emoji model (a model folder, e.g. runs/emoji-64/model)")
+    if args.data and not (Path(args.data) / emoji.TRAIN_DIR).is_dir():  # fail before loading the model
+        raise UserError(f"--data {args.data!r} holds no {emoji.TRAIN_DIR}/ folder; give the folder "
+                        "`ditkit data emoji -o DIR` wrote")
+    pipe, sample = _eval_setup(args)
+    root = Path(args.data) if args.data else _trained_on(pipe.config)
+    train_split = emoji.read_split(root / emoji.TRAIN_DIR)
+    held_dir = root / emoji.HELDOUT_DIR
+    heldout = emoji.read_split(held_dir) if held_dir.is_dir() and any(held_dir.glob("*.png")) else None
+    n = (min(args.train_limit or len(train_split.names), len(train_split.names))
+         + (len(heldout.names) if heldout else 0))
+    with progress_bar("eval emoji", n * sample.steps) as cb:
+        result = emoji_eval(pipe.model, pipe.text_encoder, sample, train_split, heldout, args.seed, args.train_limit,
+                            args.precision, level=args.level, callback=progress_callback(cb),
+                            return_images=bool(args.out_dir))
+    if args.out_dir:
+        save_emoji_outputs(result, args.out_dir, args.command_line)
+    summary = {k: v for k, v in result.items() if k not in ("images", "prompts", "real", "per_prompt")}
+    print(json.dumps({"model": pipe.source, "data": str(root), **summary}, indent=2))
+    return 0
+
+
+def _trained_on(config: dict) -> Path:
+    """The emoji folder a model was trained on: the parent of its data.path (DIR/train) when it
+    holds the manifest `ditkit data emoji` writes."""
+    path = (config.get("data") or {}).get("path")
+    if path and (Path(path).parent / emoji.MANIFEST).is_file():
+        return Path(path).parent
+    raise UserError("give --data DIR: the folder `ditkit data emoji -o DIR` wrote (this model's config names no "
+                    "emoji folder that exists here)")

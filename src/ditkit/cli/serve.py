@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
+import socket
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from ditkit.core.limits import check_int
 def add_parsers(sub) -> None:
     s = sub.add_parser("serve", help="serve the OpenAI-compatible image API, the job API and the web page")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="port to bind (0: a free one, printed at start)")
     s.add_argument("--models", default="shapes-64", help="comma-separated model names or folders to load")
     s.add_argument("--max-queue", type=int, default=32, help="queued jobs per model before 429")
     s.add_argument("--max-batch", type=int, default=4, help="images per sampler batch")
@@ -39,6 +42,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, bound before the models load: a port in use is a one-line error at
+    once, and --port 0 learns its port. uvicorn serves on this socket."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot bind {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve_until_stopped(server, sock: socket.socket) -> None:
+    """Run the uvicorn server until SIGINT or SIGTERM. uvicorn finishes in-flight requests, then
+    re-raises the signal to the handler it found; ours ignores it, so the command returns and
+    exits 0 (instead of KeyboardInterrupt's 130, or death by SIGTERM). Signal handlers exist only
+    in the main thread: from another thread (main() called by a Python caller) uvicorn runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        server.run(sockets=[sock])
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -64,9 +96,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names:
         raise ValueError("--models is empty: give at least one model name or folder")
-    pipes = {Path(name).name: load(name, device=args.device) for name in names}
-    app = create_app(pipes, settings)
-    print(f"ditkit serve: {', '.join(pipes)} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    app.state.service.close()
+    sock = bind(args.host, args.port)
+    try:
+        pipes = {Path(name).name: load(name, device=args.device) for name in names}
+        app = create_app(pipes, settings)
+        try:
+            port = sock.getsockname()[1]
+            server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level="warning"))
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            print(f"ditkit serve: {', '.join(pipes)} on http://{host}:{port}/", file=sys.stderr, flush=True)
+            serve_until_stopped(server, sock)
+        finally:
+            app.state.service.close()
+    finally:
+        sock.close()
+    print("ditkit serve: stopped", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ from ditkit.accel.distill import distill, load_distill_config
 from ditkit.cli.common import UserError, add_debug
 from ditkit.core.config import load_config
 from ditkit.core.files import remove_orphan_temps
+from ditkit.training.distributed import torchrun_env
 from ditkit.training.train import train
 
 
@@ -23,7 +24,8 @@ def add_parsers(sub) -> None:
     add_debug(ds)
     ds.set_defaults(handler=cmd_distill)
 
-    t = sub.add_parser("train", help="train a model from a YAML config")
+    t = sub.add_parser("train", help="train a model from a YAML config (under torchrun: on N processes, "
+                                     "see docs/training.md)")
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
     t.add_argument("--resume", action="store_true", help="continue the run in train.output_dir")
@@ -54,5 +56,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config_file(args.config, "config"), args.set)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps({**result, "output_dir": cfg.train.output_dir, "model": str(Path(cfg.train.output_dir) / "model")}))
+    place = torchrun_env()
+    if place is None or place[0] == 0:  # under torchrun every rank has the same result: rank 0 prints it
+        print(json.dumps({**result, "output_dir": cfg.train.output_dir,
+                          **_result_folder(cfg)}))
     return 0
+
+
+def _result_folder(cfg) -> dict:
+    """Where the run's result is: the model folder, or the adapter folder of a train.lora run."""
+    if cfg.train.lora:
+        return {"lora": str(Path(cfg.train.output_dir) / "lora")}
+    return {"model": str(Path(cfg.train.output_dir) / "model")}

@@ -186,12 +186,17 @@ def load_train_state(folder: str | Path, model: torch.nn.Module, ema: torch.nn.M
     for idx, sc in json.loads(meta["opt_scalars"]).items():
         state.setdefault(int(idx), {}).update(sc)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    # safetensors stores tensors contiguous; the DiT's convolutions are channels-last, and the
-    # fused CUDA AdamW refuses moments whose layout differs from their parameter's.
+    match_moment_layouts(optimizer)
+    return int(meta["step"])
+
+
+def match_moment_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Moments loaded dense go back to their parameter's memory layout: safetensors stores
+    tensors contiguous, the DiT's convolutions are channels-last, and the fused CUDA AdamW
+    refuses moments whose layout differs from their parameter's."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             st = optimizer.state.get(p, {})
             for name, v in st.items():
                 if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                     st[name] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-    return int(meta["step"])

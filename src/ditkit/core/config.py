@@ -22,8 +22,10 @@ from ditkit.core.precision import check_device_name
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.data import DATASETS, check_mix_dataset
 from ditkit.data.shapes import training_mix
+from ditkit.data.sources import check_kind
 
 PRECISIONS = ("fp32", "bf16")
+PARALLEL_MODES = ("none", "ddp", "fsdp")  # train.parallel
 
 
 def coerce_fields(cls, d: dict, section: str) -> dict:
@@ -167,16 +169,46 @@ class DiTConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "shapes"
+    """What a model trains on (docs/data.md): a built-in world (kind builtin, `dataset`) or the
+    user's own images and captions (kind folder | webdataset | hf, at `path`)."""
+    # the built-in world of kind builtin: shapes | digits. Empty with the other kinds, and for
+    # kind builtin it means shapes (the default).
+    dataset: str = ""
     size: int = 64
     # shapes only: training-mix weights by category (single_object, two_object, counting,
     # position, free_form); unnamed categories keep their default weight. None: the default mix.
     mix: dict | None = None
+    # builtin | folder | webdataset | hf (ditkit.data.sources)
+    kind: str = "builtin"
+    # folder and hf: a folder; webdataset: a folder of .tar shards, a brace pattern
+    # ("shards/train-{000000..000009}.tar"), or several joined by "::" (a YAML list works too)
+    path: str | list = ""
+    # a folder written by `ditkit data prepare`: training reads the captions' text-encoder
+    # states from it instead of running the encoder
+    features: str = ""
 
     def __post_init__(self) -> None:
         check_number_fields(self, "data")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        check_kind(self.kind)
+        if isinstance(self.path, (list, tuple)):
+            self.path = "::".join(str(p) for p in self.path)
+        if not isinstance(self.path, str):
+            raise ValueError(f"data.path must be a path (text) or a list of paths, got {self.path!r}")
+        if self.kind == "builtin":
+            self.dataset = self.dataset or "shapes"
+            if self.dataset not in DATASETS:
+                raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+            if self.path or self.features:
+                raise ValueError(f"data.{'path' if self.path else 'features'} is for data.kind folder, webdataset "
+                                 f"or hf; data.kind builtin draws the {self.dataset} world itself (set data.kind)")
+        else:
+            if self.dataset:
+                raise ValueError(f"data.dataset names a built-in world ({', '.join(DATASETS)}); with data.kind "
+                                 f"{self.kind} leave it out")
+            if not self.path:
+                raise ValueError(f"data.kind {self.kind} needs data.path (where the data is)")
+            if self.mix is not None:
+                raise ValueError("data.mix re-weights the shapes world's categories; the user's data has none")
         check_int("data.size", self.size, 32, MAX_SIZE)
         if self.mix is not None:
             if not isinstance(self.mix, dict):
@@ -186,6 +218,29 @@ class DataConfig:
                 training_mix(self.mix)
             except ValueError as e:
                 raise ValueError(f"data.mix: {e}") from None
+
+
+@dataclass
+class LoraSettings:
+    """train.lora: train low-rank adapters (LoRA, Hu et al. 2022) on a frozen base model
+    (train.init_from) instead of all its weights; ditkit.core.lora applies them through peft."""
+    rank: int = 8
+    alpha: float = 8.0              # the update is scaled by alpha / rank
+    # Linear layers inside each DiT block, by their name in the block (core.lora.LORA_TARGETS);
+    # empty: all of them (self-attention qkv/proj, cross-attention q/kv/proj, MLP fc1/fc2)
+    targets: list = field(default_factory=list)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_number_fields(self, "train.lora")
+        self.rank = check_int("train.lora.rank", self.rank, 1, 1024)
+        self.alpha = check_number("train.lora.alpha", self.alpha, 0.0, lo_open=True)
+        self.dropout = check_number("train.lora.dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        if isinstance(self.targets, str) or not isinstance(self.targets, (list, tuple)) \
+                or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError(f"train.lora.targets must be a list of layer names in a DiT block "
+                             f"(e.g. [attn.qkv, mlp.fc1]), got {self.targets!r}")
+        self.targets = list(self.targets)
 
 
 @dataclass
@@ -228,9 +283,23 @@ class TrainConfig:
     # extrapolation (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
     # are Flawed"; docs/models.md measures what it changes)
     pure_noise_fraction: float = 0.0
+    # how the steps are spread over processes (docs/training.md): none (one process), ddp
+    # (DistributedDataParallel) or fsdp (FSDP2 fully_shard); under torchrun "none" runs as ddp
+    parallel: str = "none"
+    # LoRA fine-tuning of the train.init_from model (LoraSettings: rank, alpha, targets,
+    # dropout); absent = train every weight. Checkpoints then hold the adapter (RUN/lora).
+    lora: LoraSettings | None = None
 
     def __post_init__(self) -> None:
         check_number_fields(self, "train")
+        if isinstance(self.lora, dict):
+            self.lora = _from_dict(LoraSettings, self.lora, "train.lora")
+        elif self.lora is not None and not isinstance(self.lora, LoraSettings):
+            raise ValueError(f"train.lora must be a mapping (rank, alpha, targets, dropout; {{}} for the defaults), "
+                             f"got {self.lora!r}")
+        if self.lora is not None and not self.init_from:
+            raise ValueError("train.lora trains adapters on a base model: set train.init_from to its folder "
+                             "or an embedded name (e.g. shapes-64)")
         self.seed = check_seed(self.seed, "train.seed")
         check_device_name(self.device, "train.device")
         if self.precision not in PRECISIONS:
@@ -263,6 +332,8 @@ class TrainConfig:
         check_number("train.time_std", self.time_std, 0.0, lo_open=True)
         if self.task not in TASKS:
             raise ValueError(f"unknown train.task {self.task!r}; allowed: {', '.join(TASKS)}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"unknown train.parallel {self.parallel!r}; allowed: {', '.join(PARALLEL_MODES)}")
 
 
 @dataclass

@@ -124,14 +124,21 @@ class TextEncoder:
                 for p, s in zip(missing, self._encode_uncached(missing)):
                     self.cache[p] = s
             seqs = [self.cache[p] for p in prompts]
-        length = max(s.shape[0] for s in seqs)
-        states = torch.zeros(len(seqs), length, self.dim)
-        mask = torch.zeros(len(seqs), length, dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            states[i, : s.shape[0]] = s
-            mask[i, : s.shape[0]] = True
+        states, mask = pad_states(seqs, self.dim)
         device = device if device is not None else self.device
         return states.to(device), mask.to(device)
+
+
+def pad_states(seqs: list[torch.Tensor], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt states [(L_i, D)] -> (states (B, L, D) float32 zero-padded to the longest,
+    mask (B, L) bool of the real tokens): the layout every text context in ditkit has."""
+    length = max(s.shape[0] for s in seqs)
+    states = torch.zeros(len(seqs), length, dim)
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        states[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = True
+    return states, mask
 
 
 _SHARED: dict[tuple[str, str], TextEncoder] = {}

@@ -125,7 +125,13 @@ def int8_model(model: nn.Module) -> nn.Module:
             # torch marks quantized tensor creation as deprecated in favour of torchao; the
             # torch.ao path is still the one that ships with torch and works here.
             warnings.simplefilter("ignore", UserWarning)
-            q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+            q = copy.deepcopy(model).eval()
+            # A model with unmerged LoRA adapters (core.lora) keeps their small A / B layers fp32:
+            # peft's layer reads their weight's dtype, which a quantized Linear does not have.
+            adapters = [n for n, m in q.named_modules() if isinstance(m, nn.Linear) and ".lora_" in n]
+            spec = {n for n, m in q.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in n} \
+                if adapters else {nn.Linear}
+            q = quantize_dynamic(q, spec, dtype=torch.qint8)
         _int8_cache[model] = (key, q)
         return q
 

@@ -1,7 +1,9 @@
 """ShapesEval's detector: the flat colored shapes of an image (docs/shapes-world.md).
 
 Pixels -> nearest palette line (or background) -> 4-connected components per
-color -> shape by mass distribution and template IoU. The templates are the
+color -> shape by mass distribution and template IoU. The vocabulary is the base palette
+unless a caller adds extra colors (data.shapes.EXTRA_COLORS; the scorer adds those its
+caption names). The templates are the
 renderer's own masks (ditkit.data.shapes.shape_mask), so an undistorted drawn
 shape matches its template exactly.
 """
@@ -9,12 +11,13 @@ shape matches its template exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ditkit.data.shapes import MIN_SIZE, PALETTE, shape_mask
+from ditkit.data.shapes import COLORS, MIN_SIZE, PALETTE, shape_mask
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,20 @@ class Detection:
         return (self.y0 + self.y1) / 2
 
 
-_COLOR_NAMES = tuple(PALETTE)
-# Each palette color as a direction away from white: a pixel on the segment
-# white -> color is that color at "coverage" alpha (an anti-aliased or
-# blurred edge), so classification is along these lines, not by plain
-# nearest color.
-_U = 255.0 - np.array([PALETTE[c] for c in _COLOR_NAMES], dtype=np.float32)  # (6, 3)
-_U_NORM2 = (_U * _U).sum(axis=1)  # (6,)
+# The detector's default vocabulary: the base palette. Extra colors (data.shapes.EXTRA_COLORS)
+# join only when a caller names them (the scorer: the extra colors its caption names), so a
+# base-world image is judged against exactly the six lines it always was.
+BASE_COLORS: tuple[str, ...] = tuple(PALETTE)
+
+
+@lru_cache(maxsize=None)
+def _color_lines(colors: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each color as a direction away from white, (K, 3), and its squared norm (K,): a pixel on
+    the segment white -> color is that color at "coverage" alpha (an anti-aliased or blurred
+    edge), so classification is along these lines, not by plain nearest color."""
+    u = 255.0 - np.array([COLORS[c] for c in colors], dtype=np.float32)
+    return u, (u * u).sum(axis=1)
+
 _ALPHA_MIN = 0.5  # at least half covered: blurred edges split where the true edge was
 _ALPHA_MAX = 1.6  # somewhat darker than the palette color is still that color
 # Max distance (RGB units) from a palette line. Tolerates slight color shifts
@@ -78,13 +88,14 @@ def _as_rgb_array(image: Any) -> np.ndarray:
     return arr
 
 
-def _classify_pixels(arr: np.ndarray) -> np.ndarray:
-    """Per-pixel palette index (H, W) int8, -1 for background or unrecognized pixels."""
+def _classify_pixels(arr: np.ndarray, colors: tuple[str, ...] = BASE_COLORS) -> np.ndarray:
+    """Per-pixel index into `colors` (H, W) int8, -1 for background or unrecognized pixels."""
     h, w, _ = arr.shape
+    u, u_norm2 = _color_lines(colors)
     d = 255.0 - arr.reshape(-1, 3).astype(np.float32)  # (N, 3) offset from white
-    alpha = (d @ _U.T) / _U_NORM2  # (N, 6) position along each white -> color line
+    alpha = (d @ u.T) / u_norm2  # (N, K) position along each white -> color line
     # Squared distance to each line (Pythagoras); clip float round-off below 0.
-    resid2 = np.maximum((d * d).sum(axis=1, keepdims=True) - alpha * alpha * _U_NORM2, 0.0)
+    resid2 = np.maximum((d * d).sum(axis=1, keepdims=True) - alpha * alpha * u_norm2, 0.0)
     best = resid2.argmin(axis=1)
     rows = np.arange(best.size)
     a, r2 = alpha[rows, best], resid2[rows, best]
@@ -140,17 +151,30 @@ def _classify_shape(mask: np.ndarray) -> str:
     return best
 
 
-def detect(image: Any) -> list[Detection]:
+def check_colors(colors: Sequence[str] | None) -> tuple[str, ...]:
+    """A detector vocabulary: BASE_COLORS for None, else the named colors (each in data.shapes.COLORS)."""
+    if colors is None:
+        return BASE_COLORS
+    colors = tuple(colors)
+    unknown = [c for c in colors if c not in COLORS]
+    if unknown or not colors:
+        raise ValueError(f"detector colors must be a non-empty list of {tuple(COLORS)}, got {list(colors)}")
+    return colors
+
+
+def detect(image: Any, colors: Sequence[str] | None = None) -> list[Detection]:
     """Detect the flat colored shapes of an image (PIL image or uint8 (H, W, 3) array, sides >= 32).
 
-    Pixels -> nearest palette line (or background) -> 4-connected components
+    Pixels -> nearest color line (or background) -> 4-connected components
     per color (holes filled, specks dropped) -> shape (see _classify_shape).
-    Deterministic; sorted top to bottom, then left to right.
+    colors: the vocabulary, the base palette by default; extra colors (e.g. "pink") are
+    recognised only when listed. Deterministic; sorted top to bottom, then left to right.
     """
     from scipy import ndimage  # lazy: scipy.ndimage costs ~0.3 s to import, and `ditkit --help` loads this module
 
+    colors = check_colors(colors)
     arr = _as_rgb_array(image)
-    labels = _classify_pixels(arr)
+    labels = _classify_pixels(arr, colors)
     min_area = _min_area(min(arr.shape[:2]))
     found: list[Detection] = []
     for k in np.unique(labels):
@@ -168,7 +192,7 @@ def detect(image: Any) -> list[Detection]:
             if area < min_area:
                 continue
             ys, xs = sl
-            found.append(Detection(_COLOR_NAMES[int(k)], _classify_shape(sub),
+            found.append(Detection(colors[int(k)], _classify_shape(sub),
                                    float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), area))
     found.sort(key=lambda d: (d.y0, d.x0, d.color, d.shape))
     return found

@@ -10,8 +10,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ditkit.data.shapes import CATEGORIES, parse_caption, position_vector, relation_component
-from ditkit.evaluation.shapes_detector import Detection, detect
+from ditkit.data.shapes import CATEGORIES, EXTRA_COLORS, parse_caption, position_vector, relation_component
+from ditkit.evaluation.shapes_detector import BASE_COLORS, Detection, detect
+
+
+def judged_colors(parsed: dict) -> tuple[str, ...]:
+    """The detector's vocabulary for a caption: the base palette plus the extra colors the caption
+    names (docs/shapes-world.md, "Extra concepts"). A base-world caption is judged exactly as
+    before the extra colors existed; "a pink circle" can find pink."""
+    extra = [c for c in EXTRA_COLORS if any(cl["color"] == c for cl in parsed["clauses"])]
+    return BASE_COLORS + tuple(extra)
 
 
 
@@ -63,7 +71,7 @@ def score_image(image: Any, caption: str) -> bool:
     must satisfy the relation (see position_vector).
     """
     parsed = parse_caption(caption)
-    return _correct(detect(image), parsed)
+    return _correct(detect(image, judged_colors(parsed)), parsed)
 
 
 def _graded(dets: list[Detection], parsed: dict) -> float:
@@ -111,7 +119,7 @@ def score_graded(image: Any, caption: str) -> float:
     wrong, so a nearly right image outranks a wrong one but never a right one.
     """
     parsed = parse_caption(caption)
-    return _graded(detect(image), parsed)
+    return _graded(detect(image, judged_colors(parsed)), parsed)
 
 
 def evaluate(images: Sequence[Any], captions: Sequence[str], categories: Sequence[str]) -> dict:

@@ -1,5 +1,6 @@
-"""The native job API (the web page's): POST /v1/jobs, GET /v1/jobs/{id}, its event stream,
-cancel, result files, models, health and metrics."""
+"""The native job API (the web page's): POST /v1/jobs (JSON with base64 images, or
+multipart/form-data with image files), GET /v1/jobs/{id}, its event stream, cancel, result
+files, models, health and metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import re
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ditkit.serve.errors import ApiError
-from ditkit.serve.jobs import TERMINAL
+from ditkit.serve.forms import JSON, MULTIPART, content_type, read_json_object, read_multipart, wrong_content_type
+from ditkit.serve.jobs import TERMINAL, Job
 from ditkit.serve.params import build_job, decode_base64, open_image
 from ditkit.serve.service import Service
 
@@ -30,7 +34,9 @@ def authorized(request: Request) -> Service:
 
 
 class JobRequest(BaseModel):
-    """POST /v1/jobs. Images are base64 PNGs (data URLs accepted); the mask is white where to fill."""
+    """POST /v1/jobs. In JSON, images are base64 PNGs (data URLs accepted); in a multipart form
+    they are file parts and the other fields are text, typed by this model. The mask is white
+    where to fill."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     task: str = "generate"
     model: Optional[str] = None
@@ -55,15 +61,77 @@ class JobRequest(BaseModel):
     method: Optional[str] = None
 
 
+IMAGE_FIELDS = ("image", "image_b", "mask")
+FORM_FILES = ("image", "image[]", "images", "image_b", "mask")  # image[] / images: one or two, repeated
+FORM_TEXT_KEPT_EMPTY = ("prompt", "source_prompt")  # other empty form fields mean "not given" (an empty input)
+
+
+def multipart_schema() -> dict:
+    """The form's OpenAPI schema: JobRequest's fields as plain text parts, images as files."""
+    props = {}
+    for name, prop in JobRequest.model_json_schema()["properties"].items():
+        if name in IMAGE_FIELDS:
+            continue
+        kinds = [k for k in prop.get("anyOf", [prop]) if k.get("type") != "null"]
+        plain = {k: v for k, v in prop.items() if k != "anyOf"}
+        props[name] = plain | (kinds[0] if len(kinds) == 1 else {"anyOf": kinds})
+    binary = {"type": "string", "format": "binary"}
+    props |= {"image": binary, "image_b": binary, "mask": binary, "images": {"type": "array", "items": binary}}
+    return {"type": "object", "properties": props}
+
+
+JOB_BODY_DOC = {"requestBody": {"required": True, "content": {
+    JSON: {"schema": JobRequest.model_json_schema()}, MULTIPART: {"schema": multipart_schema()}}}}
+
 router = APIRouter()
 
 
-@router.post("/v1/jobs", status_code=202, tags=["jobs"])
-def create_job(body: JobRequest, svc: Service = Depends(authorized)):
-    fields = body.model_dump()
-    images = {k: open_image(decode_base64(fields[k], k, svc.settings), k, svc.settings)
-              for k in ("image", "image_b", "mask") if fields.get(k) is not None}
-    job = build_job(svc.pipes, svc.settings, fields, images)
+def job_request(fields: dict) -> JobRequest:
+    """The one typing and field check of both bodies (a form's text is converted as pydantic's lax
+    mode converts it: "2" -> 2, "true" -> True); errors answer as FastAPI's do (400, naming the field)."""
+    try:
+        return JobRequest.model_validate(fields)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+
+
+def form_images(files: dict[str, list[bytes]]) -> dict[str, bytes]:
+    """A form's files -> {"image", "image_b"?, "mask"?}: image, image[] or images give one or two
+    images (the second is image_b, fusion's), image_b may also be its own part."""
+    listed = files.get("image", []) + files.get("image[]", []) + files.get("images", []) + files.get("image_b", [])
+    if len(listed) > 2:
+        raise ApiError(400, f"{len(listed)} images given: a job takes one, or two for fusion", "image",
+                       "too_many_images")
+    if len(files.get("mask", [])) > 1:
+        raise ApiError(400, "more than one mask given", "mask", "invalid_mask")
+    out = dict(zip(("image", "image_b"), listed))
+    if files.get("mask"):
+        out["mask"] = files["mask"][0]
+    return out
+
+
+def make_job(svc: Service, fields: dict, uploads: dict[str, bytes] | None) -> Job:
+    """Decode the images (base64 fields when uploads is None) and build the checked job."""
+    if uploads is None:
+        uploads = {k: decode_base64(fields[k], k, svc.settings) for k in IMAGE_FIELDS if fields.get(k) is not None}
+    images = {k: open_image(data, k, svc.settings) for k, data in uploads.items()}
+    return build_job(svc.pipes, svc.settings, fields, images)
+
+
+@router.post("/v1/jobs", status_code=202, tags=["jobs"], openapi_extra=JOB_BODY_DOC)
+async def create_job(request: Request, svc: Service = Depends(authorized)):
+    """A job from a JSON body (images in base64) or a multipart form (images as files)."""
+    kind = content_type(request)
+    if kind == MULTIPART:
+        text, files = await read_multipart(request, svc.settings, FORM_FILES)
+        fields = {k: v for k, v in text.items() if v != "" or k in FORM_TEXT_KEPT_EMPTY}
+        uploads = form_images(files)
+    elif kind in (JSON, "") or kind.endswith("+json"):
+        fields, uploads = await read_json_object(request), None
+    else:
+        raise wrong_content_type(request, (JSON, MULTIPART))
+    body = job_request(fields).model_dump()
+    job = await run_in_threadpool(make_job, svc, body, uploads)  # decoding images must not block the event loop
     position = svc.submit(job)
     return JSONResponse({"id": job.id, "state": job.state, "queue_position": position}, status_code=202)
 

@@ -20,9 +20,10 @@ TERMINAL = ("completed", "failed", "cancelled")
 class Job:
     """One request. task_args: the keyword arguments of the Pipeline method (images decoded);
     seeds: one per image. batch_key: jobs with equal keys may share a sampler batch (None: never).
-    step of steps counts `unit`s: sampler steps ("step", generate) or finished images ("image",
-    the editing tasks, whose Pipeline methods report no sampler steps). watchers: the event
-    streams open on the job now; previews are made only while it is above 0."""
+    step of steps counts sampler steps (unit "step", the only unit) of the current sampler batch
+    (generate) or task call (an editing job's image; vary's one batched call); progress covers the
+    whole job. watchers: the event streams open on the job now; previews are made only while it
+    is above 0."""
     task: str
     model: str
     task_args: dict

@@ -15,9 +15,9 @@ from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
-from starlette.datastructures import UploadFile
 
 from ditkit.serve.errors import ApiError
+from ditkit.serve.forms import read_multipart
 from ditkit.serve.job_routes import authorized
 from ditkit.serve.jobs import Job
 from ditkit.serve.params import alpha_mask, build_job, open_image
@@ -111,47 +111,33 @@ MULTIPART_DOC = {"requestBody": {"required": True, "content": {"multipart/form-d
 
 
 async def read_form(request: Request, svc: Service) -> tuple[dict, list, object]:
-    """A multipart body -> (fields, images, mask upload or None); numbers converted, sizes limited."""
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        raise ApiError(400, f"this endpoint takes multipart/form-data, got {ctype or 'no content type'!r}", None,
-                       "invalid_content_type")
-    try:
-        form = await request.form(max_files=8, max_fields=64)
-    except Exception as e:  # noqa: BLE001 - a malformed multipart body is the client's error
-        raise ApiError(400, f"malformed multipart body: {e}", None, "invalid_request") from None
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    """A multipart body -> (fields, images, mask image or None); numbers converted, sizes limited."""
+    form, files = await read_multipart(request, svc.settings, FORM_FILES)
+    unknown = sorted(set(form) - FORM_FIELDS)
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}: this endpoint takes {', '.join(sorted(FORM_FIELDS))}",
                        unknown[0], "unknown_field")
-    fields: dict = {}
-    for key in FORM_TEXT:
-        if isinstance(form.get(key), str):
-            fields[key] = form[key]
+    fields: dict = {key: form[key] for key in FORM_TEXT if key in form}
     for key, kind in FORM_NUMBERS.items():
         value = form.get(key)
-        if isinstance(value, str) and value != "":
+        if value is not None and value != "":
             try:
                 fields[key] = kind(value)
             except ValueError:
                 raise ApiError(400, f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}", key,
                                "invalid_value") from None
     for key in FORM_FLAGS:
-        if isinstance(form.get(key), str):
+        if key in form:
             fields[key] = form[key].lower() in ("1", "true", "yes")
-    uploads = [u for key in ("image", "image[]") for u in form.getlist(key)]
+    uploads = files.get("image", []) + files.get("image[]", [])
     if not uploads:
         raise ApiError(400, "image is required (one file as 'image', or several as 'image[]')", "image",
                        "missing_image")
-    if not all(isinstance(u, UploadFile) for u in uploads):
-        raise ApiError(400, "image must be a file upload", "image", "invalid_image")
-    images = [open_image(await u.read(svc.settings.max_upload_bytes + 1), "image", svc.settings) for u in uploads]
-    mask = form.get("mask")
-    if mask is not None and not isinstance(mask, UploadFile):
-        raise ApiError(400, "mask must be a file upload (a PNG with an alpha channel)", "mask", "invalid_mask")
-    mask_im = open_image(await mask.read(svc.settings.max_upload_bytes + 1), "mask", svc.settings) if mask else None
-    await form.close()
-    return fields, images, mask_im
+    if len(files.get("mask", [])) > 1:
+        raise ApiError(400, "more than one mask given", "mask", "invalid_mask")
+    images = [open_image(data, "image", svc.settings) for data in uploads]
+    mask = open_image(files["mask"][0], "mask", svc.settings) if files.get("mask") else None
+    return fields, images, mask
 
 
 @router.post("/v1/images/edits", openapi_extra=MULTIPART_DOC)

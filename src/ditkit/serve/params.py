@@ -27,7 +27,7 @@ from ditkit.engine.velocity import fixed_text_length
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import Job
 from ditkit.serve.settings import ServeSettings
-from ditkit.tasks.pipeline_edit import INPAINT_METHODS
+from ditkit.tasks.pipeline_edit import INPAINT_METHODS, check_outpaint
 
 TASKS = ("generate", "inpaint", "outpaint", "vary", "edit", "fuse", "upscale")
 SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
@@ -58,7 +58,7 @@ def pick_model(pipes: dict[str, Pipeline], name: str | None, task: str) -> str:
     return name
 
 
-def _field(check, *args, param: str, limit: str | None = None, **kwargs):
+def _field(check, *args, param: str | None, limit: str | None = None, **kwargs):
     """A core.limits check whose ValueError becomes a 400 naming the parameter (and the
     ServeSettings field that bounds it, when one does)."""
     try:
@@ -153,6 +153,22 @@ def check_same_size(mask: Image.Image, size: tuple[int, int]) -> None:
                        "mask", "invalid_mask")
 
 
+def check_result(task: str, width: int, height: int, settings: ServeSettings) -> None:
+    """Editing results follow the input's size (inpaint: the same, outpaint: the extended canvas,
+    upscale: twice it): bound them before queueing, so one request cannot hold a worker (or memory)
+    for long. An upscale samples its whole result in windows, so its side is held to max_size like
+    a generated image's; the others sample at the model's size and only resize, so their bound is
+    max_output_pixels."""
+    if task == "upscale" and max(width, height) > settings.max_size:
+        raise ApiError(400, f"upscale doubles the image: its result would be {width}x{height}, over the server's limit "
+                       f"of {settings.max_size} px a side (max_size): send at most {settings.max_size // 2} px a side",
+                       "image", "output_too_large")
+    if width * height > settings.max_output_pixels:
+        raise ApiError(400, f"the {task} result would be {width}x{height} = {width * height:,} pixels, over the "
+                       f"server's limit of {settings.max_output_pixels:,} (max_output_pixels)", "image",
+                       "output_too_large")
+
+
 def seeds_for(seed, n: int) -> list[int]:
     first = secrets.randbelow(SEED_DRAW) if seed is None else _field(check_seed, seed, param="seed")
     _field(check_seed, first + n - 1, "seed + n - 1", param="seed")
@@ -209,11 +225,15 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
     if strength is not None:
         strength = _field(check_strength, strength, param="strength")
     if task == "inpaint":
+        check_result(task, *images["image"].size, settings)
         args = dict(image=images["image"], mask=images["mask"], prompt=prompt, method=method, sampler=sample.sampler,
                     **common)
     elif task == "outpaint":
         sides = {s: _field(check_int, s, body.get(s) or 0, 0, settings.max_size, param=s, limit="max_size")
                  for s in ("left", "right", "top", "bottom")}
+        _field(check_outpaint, images["image"].size, **sides, param=None)  # the library's rules, before queueing
+        w, h = images["image"].size
+        check_result(task, w + sides["left"] + sides["right"], h + sides["top"] + sides["bottom"], settings)
         args = dict(image=images["image"], prompt=prompt, method=method, sampler=sample.sampler, **sides, **common)
     elif task == "vary":
         args = dict(image=images["image"], prompt=prompt, strength=0.6 if strength is None else strength,
@@ -228,5 +248,6 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
         args = dict(image_a=images["image"], image_b=images["image_b"], alpha=alpha, prompt=prompt or None,
                     strength=strength, **common)
     else:  # upscale
+        check_result(task, *(2 * side for side in images["image"].size), settings)
         args = dict(image=images["image"], prompt=prompt, sampler=sample.sampler, **common)
-    return Job(task, name, args, seeds, steps=n, unit="image")  # progress counts images (serve.worker)
+    return Job(task, name, args, seeds)  # steps: the task's own sampler count, known at its first step (serve.worker)

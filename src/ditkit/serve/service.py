@@ -87,6 +87,14 @@ class Service:
             raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
                            "invalid_api_key", "authentication_error", headers={"WWW-Authenticate": "Bearer"})
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers: queued jobs stay queued, running ones are cancelled (they stop at their
+        next sampler step), and each worker thread gets up to timeout seconds to end, so the process
+        does not exit while a thread is inside torch (which can abort it)."""
         for w in self.workers.values():
             w.stop()
+        for job in self.store.all():
+            if job.state == "running":
+                self.workers[job.model].cancel(job)
+        for w in self.workers.values():
+            w.join(timeout)

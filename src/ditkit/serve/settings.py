@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ditkit.core.limits import check_int, check_number
+from ditkit.core.limits import MAX_IMAGE_PIXELS, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,9 @@ class ServeSettings:
     request may ask for; each refusal is a 4xx naming the limit. preview_every: a live preview
     every k sampler steps, made only while an event stream follows the job. batch_wait_ms: how
     long the worker waits for compatible jobs to fill a generate batch before starting it
-    (0: start with what is queued; more trades latency at light load for fuller batches)."""
+    (0: start with what is queued; more trades latency at light load for fuller batches).
+    max_output_pixels: the largest result of an editing task (an outpaint's canvas); an upscale's
+    result side is held to max_size."""
     max_queue: int = 32
     max_batch: int = 4
     results_ttl: float = 600.0
@@ -28,6 +30,7 @@ class ServeSettings:
     max_steps: int = 200
     max_size: int = 512
     max_guidance: float = 50.0
+    max_output_pixels: int = MAX_IMAGE_PIXELS  # a result is never larger than the largest input accepted
     preview_every: int = 1
     batch_wait_ms: float = 50.0
 
@@ -38,5 +41,6 @@ class ServeSettings:
         check_int("preview_every", self.preview_every, 1)
         check_number("batch_wait_ms", self.batch_wait_ms, 0.0, 10_000.0)
         check_number("max_guidance", self.max_guidance, 0.0)
+        check_int("max_output_pixels", self.max_output_pixels, 1)
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: put the key in the file, or start without --api-key-file")

@@ -8,7 +8,8 @@ raises is re-run job by job, so a failing job fails alone; a cancelled job stops
 sampler steps (the engine's callback raises once every job in the batch is cancelled).
 With batch_wait_ms the worker holds a generate batch that is not full for up to that long,
 so jobs submitted a moment apart share it. Previews (a small PNG of the x0 estimate) are
-made only for a job some event stream follows, every preview_every steps.
+made only for a job some event stream follows, every preview_every steps. The editing tasks
+report their sampler steps, previews and cancels the same way, one job at a time.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ class ModelWorker:
         with self._cond:
             self._stop = True
             self._cond.notify()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to timeout seconds for the thread to end (after stop, once its batch ends)."""
+        self._thread.join(timeout)
 
     def _take(self) -> list[Job] | None:
         """The next job and the queued jobs that can share its sampler batch (waiting up to
@@ -217,19 +222,16 @@ class ModelWorker:
     def _run_task(self, job: Job) -> None:
         method = getattr(self.pipe, job.task)
         try:
-            # The tasks' Pipeline methods take no step callback, so progress counts finished
-            # images (job.unit == "image", job.steps == job.n) and cancel acts between images.
             if job.task == "vary":  # one batched call: image k uses seed + k
-                images = method(**job.task_args, num_images=job.n, seed=job.seeds[0])
-                job.report(job.n, 1.0)
-            else:
+                images = method(**job.task_args, num_images=job.n, seed=job.seeds[0],
+                                callback=self._task_callback(job, 0, 1))
+            else:  # image by image
                 images = []
                 for k, seed in enumerate(job.seeds):
                     if job.cancel_requested:
                         raise Cancelled()
                     extra = {} if job.task == "edit" else {"seed": seed}  # edit inverts the image: no noise
-                    images.append(method(**job.task_args, **extra))
-                    job.report(k + 1, (k + 1) / job.n)
+                    images.append(method(**job.task_args, **extra, callback=self._task_callback(job, k, job.n)))
         except Cancelled:
             self.store.finish(job, "cancelled")
             return
@@ -237,6 +239,23 @@ class ModelWorker:
             self._fail(job, e)
             return
         self.store.finish(job, "cancelled" if job.cancel_requested else "completed", [png_bytes(im) for im in images])
+
+    def _task_callback(self, job: Job, part: int, parts: int):
+        """The sampler callback of an editing task's call `part` of `parts` (one per image, or one
+        for vary's batch): step s of S of that call, progress over the whole job, a preview of the
+        x0 estimate (the job's first image in the call) every preview_every steps while a stream
+        watches, and a cancel that stops the task before its next sampler step."""
+        every = self.settings.preview_every
+
+        def callback(info: dict) -> None:
+            if job.cancel_requested:
+                raise Cancelled()
+            job.steps = info["steps"]  # the task's own count (edit: inversion + re-generation)
+            shown = job.watchers > 0 and info["step"] % every == 0
+            job.report(info["step"], (part + info["step"] / info["steps"]) / parts,
+                       preview_png(info["x0"][0]) if shown else None)
+
+        return callback
 
 
 def preview_png(x0: torch.Tensor) -> str:

@@ -29,7 +29,7 @@ import torch
 from ditkit.core.config import SampleConfig
 from ditkit.core.flow import interpolate
 from ditkit.core.guidance import APG, Velocity, pad_contexts
-from ditkit.core.sampling import get_sampler, sample_euler, timesteps
+from ditkit.core.sampling import Callback, get_sampler, sample_euler, timesteps
 from ditkit.engine.velocity import prompt_velocity
 
 
@@ -104,20 +104,38 @@ def partial_schedule(sample: SampleConfig, strength: float) -> torch.Tensor:
     return timesteps(n, sample.shift, t_max=strength)
 
 
-def sdedit(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, strength: float, sample: SampleConfig) -> torch.Tensor:
-    """Variation of x0: noise to t = strength, integrate back to 0. strength 0 returns x0."""
+def phase_callbacks(callback: Callback | None, *lengths: int) -> list[Callback | None]:
+    """One sampler callback per phase of a task (edit: inversion, then re-generation), numbering
+    the steps across all phases: phase k's step s reaches the caller as step
+    lengths[0] + ... + lengths[k-1] + s of sum(lengths), so a task reports one count from 1 to
+    its total (a progress bar or a cancel between steps sees every sampler step of the task)."""
+    if callback is None:
+        return [None] * len(lengths)
+    total, out, offset = sum(lengths), [], 0
+    for length in lengths:
+        out.append(lambda info, offset=offset: callback({**info, "step": offset + info["step"], "steps": total}))
+        offset += length
+    return out
+
+
+def sdedit(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, strength: float, sample: SampleConfig,
+           callback: Callback | None = None) -> torch.Tensor:
+    """Variation of x0: noise to t = strength, integrate back to 0. strength 0 returns x0 (no step).
+    callback: the sampler's, after every step (core.sampling.StepInfo)."""
     if strength <= 0:
         return x0.clone()
     ts = partial_schedule(sample, strength)
-    return get_sampler(sample.sampler)(velocity, interpolate(x0, eps, float(ts[0])), ts)
+    return get_sampler(sample.sampler)(velocity, interpolate(x0, eps, float(ts[0])), ts, callback)
 
 
 @torch.no_grad()
-def invert(velocity: Velocity, x0: torch.Tensor, steps: int, t_max: float = 1.0) -> torch.Tensor:
+def invert(velocity: Velocity, x0: torch.Tensor, steps: int, t_max: float = 1.0,
+           callback: Callback | None = None) -> torch.Tensor:
     """Integrate dx/dt = v from the image at t = 0 up to t_max (Euler): the noise that the
-    sampler would carry back to (approximately) this image."""
+    sampler would carry back to (approximately) this image. callback: after every step (its x0,
+    x - t v, is the image the inversion is carrying)."""
     # sample_euler only steps x + (t_next - t) v: an increasing grid integrates forwards.
-    return sample_euler(velocity, x0, torch.linspace(0.0, t_max, steps + 1, dtype=torch.float64))
+    return sample_euler(velocity, x0, torch.linspace(0.0, t_max, steps + 1, dtype=torch.float64), callback)
 
 
 def masked_velocity(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, fill: torch.Tensor) -> Velocity:
@@ -132,20 +150,26 @@ def masked_velocity(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, fil
 
 
 def blend_inpaint(velocity: Velocity, x0: torch.Tensor, eps: torch.Tensor, fill: torch.Tensor,
-                  sample: SampleConfig, resample: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+                  sample: SampleConfig, resample: int = 0, generator: torch.Generator | None = None,
+                  callback: Callback | None = None) -> torch.Tensor:
     """Training-free inpainting of x0 where fill = 1. resample > 0: RePaint's resampling
     (Euler only): after each step, re-noise back to the step's start and repeat, `resample`
-    extra times, so the hole is re-generated with the kept region's information."""
+    extra times, so the hole is re-generated with the kept region's information.
+    callback: after every step (with resampling, once per step, from its last round)."""
     v = masked_velocity(velocity, x0, eps, fill)
     ts = timesteps(sample.steps, sample.shift)
     x = interpolate(x0, eps, float(ts[0]))
     if resample <= 0:
-        return get_sampler(sample.sampler)(v, x, ts)
-    for i in range(len(ts) - 1):
+        return get_sampler(sample.sampler)(v, x, ts, callback)
+    steps = len(ts) - 1
+    for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])
         for r in range(resample + 1):
-            x = x + (t_next - t) * v(x, t)
+            x_start, v_start = x, v(x, t)
+            x = x + (t_next - t) * v_start
             if r == resample or t_next <= 0:
+                if callback:  # the step's StepInfo, as core.sampling reports it
+                    callback({"step": i + 1, "steps": steps, "t": t, "x": x_start, "x0": x_start - t * v_start})
                 break
             # Forward flow kernel from t_next back to t: x_t = a x_{t_next} + s z with
             # a = (1 - t) / (1 - t_next), s^2 = t^2 - (a t_next)^2 (marginals stay on the path).

@@ -19,7 +19,7 @@ from ditkit.core.config import SampleConfig
 from ditkit.core.images import (ImageLike, check_strength, load_image, load_mask, mask_tensor, paste_kept, to_pil,
                                 to_tensor, working_size)
 from ditkit.core.limits import MAX_NUM_IMAGES, MAX_RESAMPLE, check_int, check_number
-from ditkit.core.sampling import get_sampler
+from ditkit.core.sampling import Callback, get_sampler
 from ditkit.core.sampling import sample as integrate
 from ditkit.engine.generate import Engine, check_finite, initial_noise
 from ditkit.tasks import editing as tasks
@@ -64,9 +64,15 @@ def _noise(engine: Engine, n: int, shape: tuple[int, ...], seed: int) -> torch.T
 @torch.no_grad()
 def vary(engine: Engine, image: ImageLike, prompt: str = "", strength: float = 0.6, num_images: int = 1,
          seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-         shift: float | None = None, precision: str = "fp32") -> list[Image.Image]:
+         shift: float | None = None, precision: str = "fp32", callback: Callback | None = None) -> list[Image.Image]:
     """SDEdit variations of an image (with a prompt: text+image fusion, "add a red circle").
-    strength 0 keeps the image, 1 ignores it. Output at the model's size."""
+    strength 0 keeps the image, 1 ignores it. Output at the model's size.
+
+    callback (here and in every task below): after every sampler step, the sampler's StepInfo
+    {step, steps, t, x, x0} (core.sampling) with step counted over the whole call (1 .. steps:
+    a task of several phases, such as edit's inversion and re-generation, numbers them all);
+    x0 is the denoised estimate, a live preview. It never changes the result; raising in it
+    stops the task between two steps."""
     s = check_strength(strength)
     num_images = check_int("num_images", num_images, 1, MAX_NUM_IMAGES)
     sample = task_settings(engine, "text", steps, guidance, sampler, shift)
@@ -75,13 +81,13 @@ def vary(engine: Engine, image: ImageLike, prompt: str = "", strength: float = 0
     x0 = to_tensor(im, work).to(engine.device).repeat(num_images, 1, 1, 1)
     eps = _noise(engine, num_images, tuple(x0.shape[1:]), seed)
     vel = tasks.text_velocity(engine.model, engine.encoder, [prompt] * num_images, sample, precision=precision)
-    return to_pil(check_finite(tasks.sdedit(vel, x0, eps, s, sample), engine.source))
+    return to_pil(check_finite(tasks.sdedit(vel, x0, eps, s, sample, callback), engine.source))
 
 
 @torch.no_grad()
 def edit(engine: Engine, image: ImageLike, source_prompt: str, prompt: str, strength: float = 1.0,
          steps: int | None = None, guidance: float | None = None, shift: float | None = None,
-         precision: str = "fp32") -> Image.Image:
+         precision: str = "fp32", callback: Callback | None = None) -> Image.Image:
     """Invert the image under source_prompt (the ODE from the image towards noise, to
     t = strength) and re-generate it under prompt from there."""
     t_max = check_strength(strength)
@@ -93,15 +99,16 @@ def edit(engine: Engine, image: ImageLike, source_prompt: str, prompt: str, stre
     source = tasks.text_velocity(engine.model, engine.encoder, [source_prompt], sample, guidance=1.0,
                                  precision=precision)
     ts = tasks.partial_schedule(sample, t_max)
-    noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]))
+    inverting, regenerating = tasks.phase_callbacks(callback, len(ts) - 1, len(ts) - 1)
+    noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]), inverting)
     target = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision)
-    return to_pil(check_finite(get_sampler(sample.sampler)(target, noise, ts), engine.source))[0]
+    return to_pil(check_finite(get_sampler(sample.sampler)(target, noise, ts, regenerating), engine.source))[0]
 
 
 # -- inpainting and outpainting ---------------------------------------------------------------
 def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt: str, method: str, seed: int,
                     steps, guidance, sampler, shift, resample: int, precision: str, window: int | None,
-                    companion: Companion | None) -> torch.Tensor:
+                    companion: Companion | None, callback: Callback | None = None) -> torch.Tensor:
     if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; allowed: {', '.join(INPAINT_METHODS)}")
     resample = check_resample(resample)
@@ -122,12 +129,12 @@ def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt
         vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision,
                                   cond=inpaint_condition(x0, fill), window=window)
         if resample:
-            x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+            x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed), callback)
         else:
-            x = sample_with(vel, eps, sample)
+            x = sample_with(vel, eps, sample, callback)
     else:
         vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision, window=window)
-        x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed))
+        x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed), callback)
     return check_finite(x, use.source)
 
 
@@ -135,7 +142,7 @@ def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt
 def inpaint(engine: Engine, image: ImageLike, mask: ImageLike, prompt: str = "", method: str = "auto",
             seed: int = 0, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
             shift: float | None = None, resample: int = 0, precision: str = "fp32",
-            companion: Companion | None = None) -> Image.Image:
+            companion: Companion | None = None, callback: Callback | None = None) -> Image.Image:
     """Fill the mask's white region. method: 'model' (the inpainting model: this one, or the
     one `companion("inpaint")` returns), 'blend' (training-free, any model), 'auto' (model if
     there is one). resample: RePaint resampling rounds per step. The output has the input's
@@ -150,7 +157,7 @@ def inpaint(engine: Engine, image: ImageLike, mask: ImageLike, prompt: str = "",
     x0 = to_tensor(im, work).to(engine.device)
     fill = mask_tensor(fill_full, work).to(engine.device)
     x = _inpaint_tensor(engine, x0, fill, prompt, method, seed, steps, guidance, sampler, shift, resample, precision,
-                        None, companion)
+                        None, companion, callback)
     return paste_kept(to_pil(x)[0], im, fill_full)
 
 
@@ -158,19 +165,15 @@ def inpaint(engine: Engine, image: ImageLike, mask: ImageLike, prompt: str = "",
 def outpaint(engine: Engine, image: ImageLike, prompt: str = "", left: int = 0, right: int = 0, top: int = 0,
              bottom: int = 0, method: str = "auto", seed: int = 0, steps: int | None = None,
              guidance: float | None = None, sampler: str | None = None, shift: float | None = None,
-             resample: int = 0, precision: str = "fp32", companion: Companion | None = None) -> Image.Image:
+             resample: int = 0, precision: str = "fp32", companion: Companion | None = None,
+             callback: Callback | None = None) -> Image.Image:
     """Extend the canvas by the given pixels on each side (the new canvas at most twice the
     image's width and height) and fill the new area. Canvases larger than the model's
     size are sampled in overlapping windows. The original pixels are kept byte for byte."""
     check_resample(resample)
-    l, r, t, b = (_int_amount(n, v) for n, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)))
     im = load_image(image)
     w, h = im.size
-    if l + r + t + b == 0:
-        raise ValueError("outpaint needs at least one of left/right/top/bottom > 0")
-    if l + r > w or t + b > h:
-        raise ValueError(f"outpaint may at most double the image: left+right <= {w} and top+bottom <= {h}, "
-                         f"got {l + r} and {t + b}")
+    l, r, t, b = check_outpaint(im.size, left, right, top, bottom)
     side, p = engine.defaults.size, engine.model.config.patch_size
     f = side / max(w, h)  # the original's longer side becomes the model's size
     ow, oh = max(1, round(w * f)), max(1, round(h * f))
@@ -182,7 +185,7 @@ def outpaint(engine: Engine, image: ImageLike, prompt: str = "", left: int = 0, 
     fill = torch.ones(1, 1, ch, cw)
     fill[..., oy:oy + oh, ox:ox + ow] = 0
     x = _inpaint_tensor(engine, canvas.to(engine.device), fill.to(engine.device), prompt, method, seed, steps,
-                        guidance, sampler, shift, resample, precision, side, companion)
+                        guidance, sampler, shift, resample, precision, side, companion, callback)
     gen = to_pil(x)[0]
     # Back to the requested canvas: crop the rounding margin, scale to full resolution.
     gen = gen.crop((0, 0, round((w + l + r) * f), round((h + t + b) * f))).resize((w + l + r, h + t + b), Image.BICUBIC)
@@ -193,12 +196,25 @@ def outpaint(engine: Engine, image: ImageLike, prompt: str = "", left: int = 0, 
     return paste_kept(gen, original, fill_full)
 
 
+def check_outpaint(size: tuple[int, int], left, right, top, bottom) -> tuple[int, int, int, int]:
+    """The pixels outpaint adds to an image of PIL size (W, H): integers >= 0, at least one > 0,
+    the canvas at most twice the image's width and height. Returns (left, right, top, bottom)."""
+    l, r, t, b = (_int_amount(n, v) for n, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)))
+    w, h = size
+    if l + r + t + b == 0:
+        raise ValueError("outpaint needs at least one of left/right/top/bottom > 0")
+    if l + r > w or t + b > h:
+        raise ValueError(f"outpaint may at most double the image: left+right <= {w} and top+bottom <= {h}, "
+                         f"got {l + r} and {t + b}")
+    return l, r, t, b
+
+
 # -- fusion ----------------------------------------------------------------------------------
 @torch.no_grad()
 def fuse(engine: Engine, image_a: ImageLike, image_b: ImageLike, alpha: float = 0.5, prompt: str | None = None,
          prompt_a: str = "", prompt_b: str = "", mode: str = "pixels", condition: str = "join",
          strength: float | None = None, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-         shift: float | None = None, precision: str = "fp32") -> Image.Image:
+         shift: float | None = None, precision: str = "fp32", callback: Callback | None = None) -> Image.Image:
     """One image carrying content of both A and B (alpha 0 is A, 1 is B), regenerated under
     `prompt`, or else under both prompts: condition "join" (default) puts the token states
     of prompt_a and prompt_b side by side, "mix" interpolates them with alpha.
@@ -231,19 +247,22 @@ def fuse(engine: Engine, image_a: ImageLike, image_b: ImageLike, alpha: float = 
     vel = tasks.text_velocity(engine.model, enc, [], sample, precision=precision, context=context)
     if mode == "pixels":
         mixed = tasks.multiply_blend(xs[0], xs[1], a)
-        x = tasks.sdedit(vel, mixed, _noise(engine, 1, tuple(mixed.shape[1:]), seed), t_max, sample)
+        x = tasks.sdedit(vel, mixed, _noise(engine, 1, tuple(mixed.shape[1:]), seed), t_max, sample, callback)
         return to_pil(check_finite(x, engine.source))[0]
     ts = tasks.partial_schedule(sample, t_max)
+    phases = tasks.phase_callbacks(callback, len(ts) - 1, len(ts) - 1, len(ts) - 1)  # invert A, invert B, sample
     noises = [tasks.invert(tasks.text_velocity(engine.model, enc, [pr], sample, guidance=1.0, precision=precision),
-                           x, len(ts) - 1, float(ts[0])) for x, pr in zip(xs, (prompt_a, prompt_b))]
+                           x, len(ts) - 1, float(ts[0]), phase)
+              for x, pr, phase in zip(xs, (prompt_a, prompt_b), phases)]
     noise = tasks.slerp(noises[0], noises[1], a)
-    return to_pil(check_finite(get_sampler(sample.sampler)(vel, noise, ts), engine.source))[0]
+    return to_pil(check_finite(get_sampler(sample.sampler)(vel, noise, ts, phases[2]), engine.source))[0]
 
 
 # -- upscaling -------------------------------------------------------------------------------
 @torch.no_grad()
 def upscale(engine: Engine, image: ImageLike, prompt: str = "", seed: int = 0, steps: int | None = None,
-            guidance: float | None = None, sampler: str | None = None, precision: str = "fp32") -> Image.Image:
+            guidance: float | None = None, sampler: str | None = None, precision: str = "fp32",
+            callback: Callback | None = None) -> Image.Image:
     """2x super-resolution with an upscaling model (e.g. shapes-upscale, trained 32->64 and
     64->128). Inputs with sides not a multiple of 4 are resized to one (with a warning);
     inputs over 512 px are refused. Outputs larger than 2x the training size are sampled
@@ -264,12 +283,12 @@ def upscale(engine: Engine, image: ImageLike, prompt: str = "", seed: int = 0, s
     window = 2 * engine.model.config.sample_size
     vel = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision, cond=cond,
                               window=window)
-    return to_pil(check_finite(sample_with(vel, eps, sample), engine.source))[0]
+    return to_pil(check_finite(sample_with(vel, eps, sample, callback), engine.source))[0]
 
 
-def sample_with(velocity, noise: torch.Tensor, settings) -> torch.Tensor:
+def sample_with(velocity, noise: torch.Tensor, settings, callback: Callback | None = None) -> torch.Tensor:
     """A full t = 1 -> 0 run with a SampleConfig's sampler, steps and shift."""
-    return integrate(velocity, noise, settings.sampler, settings.steps, settings.shift)
+    return integrate(velocity, noise, settings.sampler, settings.steps, settings.shift, callback)
 
 
 def bicubic_upscale(image: ImageLike) -> Image.Image:
@@ -285,5 +304,5 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-__all__: Sequence[str] = ("FUSE_CONDITIONS", "FUSE_MODES", "INPAINT_METHODS", "bicubic_upscale", "edit", "fuse", "inpaint",
-                          "outpaint", "psnr", "task_settings", "upscale", "vary")
+__all__: Sequence[str] = ("FUSE_CONDITIONS", "FUSE_MODES", "INPAINT_METHODS", "bicubic_upscale", "check_outpaint", "edit",
+                          "fuse", "inpaint", "outpaint", "psnr", "task_settings", "upscale", "vary")

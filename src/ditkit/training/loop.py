@@ -27,11 +27,14 @@ step (core.checkpoint.save_train_state); `start = loop.resume(folder)` restores 
 randomness comes from generators seeded by (seed, step) alone (`step_generator`), so a run
 killed at any point and resumed replays an uninterrupted run bit for bit.
 
-Ready for DDP/FSDP (not implemented): the loss runs `loop.net`, which is `wrap(model)` when a
-wrapper is given (e.g. DistributedDataParallel); the optimizer comes from the
-`make_optimizer(net, settings)` hook, so FSDP can build it over its flattened parameters; and
-with `main_process=False` a rank writes no log, checkpoint or progress bar. Each rank would
-draw its own shard from the step's generator.
+Distributed (training/distributed.py, docs/training.md): the loss runs `loop.net`, which is
+`wrap(model)` when a wrapper is given (DistributedDataParallel); FSDP2 shards the model (and
+an EMA passed in) in place before the loop is built, and the optimizer comes from the
+`make_optimizer(net, settings)` hook after that, over the sharded parameters. With `ranks`
+given, the logged loss is the mean over the ranks (the global batch's), the checkpoint hook runs
+on every rank (a sharded save is a collective; only rank 0 writes the log, the model folder and
+the progress bar), save_state / resume use the sharded state of training/sharded_state.py,
+and the time budget follows rank 0's clock. Each rank draws its slice of the step's global batch.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ditkit.core.checkpoint import STATE_FILE, load_train_state, save_train_state
 from ditkit.core.guidance import autocast_for
 from ditkit.core.progress import stderr_console
+from ditkit.training.distributed import Ranks
+from ditkit.training.sharded_state import (latest_state, load_file_on_ranks, load_sharded, remove_sharded_states,
+                                           save_sharded)
 
 LossFn = Callable[[int], "torch.Tensor | tuple[torch.Tensor, dict]"]
 
@@ -204,8 +210,12 @@ class TrainingLoop:
 
     def __init__(self, model: nn.Module, settings: TrainSettings, ema: nn.Module | None = None,
                  make_optimizer: Callable[[nn.Module, TrainSettings], torch.optim.Optimizer] = build_adamw,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None, main_process: bool = True):
-        self.model, self.settings, self.main_process = model, settings, main_process
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, main_process: bool = True,
+                 ranks: Ranks | None = None):
+        # ranks: a distributed run's place (training/distributed.py); None for one process
+        self.ranks = ranks if ranks is not None and ranks.distributed else None
+        self.model, self.settings = model, settings
+        self.main_process = self.ranks.main if self.ranks is not None else main_process
         if ema is None and settings.ema_decay > 0:
             ema = copy.deepcopy(model).requires_grad_(False).eval()
         self.ema = ema
@@ -215,14 +225,24 @@ class TrainingLoop:
     # -- exact resume --------------------------------------------------------
 
     def save_state(self, folder: str | Path, step: int, config) -> None:
-        """Model, EMA, optimizer and step in one atomic file (config: what config.to_dict() records)."""
-        if self.main_process:  # without an EMA the file holds a copy of the model in its place
+        """Model, EMA, optimizer and step in one atomic file (config: what config.to_dict() records);
+        in a distributed run every rank calls it and writes its shards (sharded_state.py)."""
+        if self.ranks is not None:
+            save_sharded(folder, step, self.model, self.ema, self.optimizer, config, self.ranks)
+        elif self.main_process:  # without an EMA the file holds a copy of the model in its place
             ema = self.ema if self.ema is not None else copy.deepcopy(self.model)
             save_train_state(folder, step, self.model, ema, self.optimizer, config)
+            remove_sharded_states(folder)  # an older distributed run's state, if this run continued it
 
     def resume(self, folder: str | Path) -> int:
-        """Restore model, EMA and optimizer from folder's training state; the step to continue from.
-        A state written before parameter groups (one group of all parameters) is moved into them."""
+        """Restore model, EMA and optimizer from folder's training state (the newer of the
+        one-process file and the sharded state, saved on any world size); the step to continue
+        from. A state written before parameter groups (one group of all parameters) is moved into them."""
+        found = latest_state(folder)
+        if found is not None and found[0] == "sharded":
+            return load_sharded(folder, self.model, self.ema, self.optimizer)
+        if self.ranks is not None:
+            return load_file_on_ranks(folder, self.model, self.ema, self.optimizer, self.ranks)
         ema = self.ema if self.ema is not None else copy.deepcopy(self.model)
         path = Path(folder) / STATE_FILE
         with safe_open(str(path), "pt") as f:
@@ -248,9 +268,11 @@ class TrainingLoop:
         updated by log_fields(done)); every checkpoint_every steps and at the end
         checkpoint(done); after_step(done) (e.g. an evaluation); the time budget, which may
         lower settings.steps (then on_budget(new_steps)); the progress bar."""
-        s, model, opt = self.settings, self.model, self.optimizer
+        s, model, opt, ranks = self.settings, self.model, self.optimizer, self.ranks
         end = s.steps if end is None else min(end, s.steps)
         main = self.main_process
+        # a sharded save is a collective: then every rank calls the hook (it writes only on rank 0)
+        checkpoints_here = main or ranks is not None
         log = log if main else None
         bar = _Progress(s.progress and main, s.label, s.steps, start)
         budget = TimeBudget(s, start)
@@ -259,7 +281,7 @@ class TrainingLoop:
             for step in range(start, end):
                 if step >= s.steps:  # the time budget cut the run
                     end = step
-                    if checkpoint is not None and main:
+                    if checkpoint is not None and checkpoints_here:
                         checkpoint(end)
                     break
                 lr = lr_at(step, s)
@@ -273,9 +295,11 @@ class TrainingLoop:
                 opt.step()
                 if self.ema is not None:
                     update_ema(self.ema, model, ema_decay_at(step, s.ema_decay) if s.ema_warmup else s.ema_decay)
-                loss_val, done = float(loss.detach()), step + 1
+                # the global batch's loss (the same on every rank, so all stop together on a nan)
+                loss_val = ranks.mean(loss) if ranks is not None else float(loss.detach())
+                done = step + 1
                 n_since += 1
-                stats = {"lr": lr, "grad_norm": float(gnorm) if gnorm is not None else None, **extra}
+                stats = {"lr": lr, "grad_norm": _norm_value(gnorm), **extra}
                 if on_step is not None:
                     on_step(done, loss_val, stats)
                 if not math.isfinite(loss_val):
@@ -286,12 +310,12 @@ class TrainingLoop:
                     log.write(json.dumps({**row, **(log_fields(done) if log_fields else {})}) + "\n")
                     log.flush()
                     t_last, n_since = now, 0
-                if checkpoint is not None and main and ((s.checkpoint_every and done % s.checkpoint_every == 0)
-                                                        or done == end):
+                if checkpoint is not None and checkpoints_here and (
+                        (s.checkpoint_every and done % s.checkpoint_every == 0) or done == end):
                     checkpoint(done)
                 if after_step is not None:
                     after_step(done)
-                if budget.update(done):
+                if budget.update(done, ranks):
                     if log is not None:
                         log.write(json.dumps({"step": done, "time_budget_steps": s.steps}) + "\n")
                     if on_budget is not None:
@@ -318,8 +342,17 @@ class TimeBudget:
         self.start, self.t0 = start, time.time()
         self.t_probe: float | None = None
 
-    def update(self, done: int) -> bool:
-        """Called after step `done`; True when settings.steps changed."""
+    def update(self, done: int, ranks: Ranks | None = None) -> bool:
+        """Called after step `done`; True when settings.steps changed. With ranks, every rank
+        takes rank 0's step count (clocks differ; the ranks must stop at the same step)."""
+        if ranks is not None and self.s.time_budget_s > 0:
+            before = self.s.steps
+            self._update(done)
+            self.s.steps = ranks.from_rank0(self.s.steps)
+            return self.s.steps != before
+        return self._update(done)
+
+    def _update(self, done: int) -> bool:
         if not self.enabled:
             return False
         s = self.s
@@ -340,6 +373,14 @@ class TimeBudget:
         new = max(done, min(s.steps, done + int(0.98 * left / rate)))
         changed, s.steps = new != s.steps, new
         return changed
+
+
+def _norm_value(gnorm: torch.Tensor | None) -> float | None:
+    """clip_grad_norm_'s total norm as a float; under FSDP it is a DTensor (replicated), whose
+    full_tensor() is the global norm."""
+    if gnorm is None:
+        return None
+    return float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
 
 
 class _Progress:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ditkit.data.shapes.captions import format_caption, make_clause, parse_caption
-from ditkit.data.shapes.world import (CATEGORIES, FREE_FORM, PALETTE, RELATIONS, SHAPE_NAMES, SIZE_WORDS, Scene,
-                                      ShapeObject, bbox_gap, check_size, min_gap, position_vector,
-                                      relation_component, render, side_range)
+from ditkit.data.shapes.world import (CATEGORIES, COLORS, EXTRA_COLORS, FREE_FORM, PALETTE, RELATIONS, SHAPE_NAMES,
+                                      SIZE_WORDS, Scene, ShapeObject, bbox_gap, check_size, min_gap,
+                                      position_vector, relation_component, render, side_range)
 
 if TYPE_CHECKING:  # torch is only needed by make_batch; keep the import lazy.
     import torch
@@ -25,22 +25,28 @@ _TRAIN_MIX: tuple[tuple[str | None, float], ...] = (
     ("position", 0.25),
     (None, 0.05),
 )
+# The opt-in mix category of the extra concepts (world.EXTRA_COLORS): a scene of one of the four
+# benchmark templates in which at least one object has an extra color. It is in a mix only when
+# data.mix gives it a weight > 0, so the default mix (and every batch drawn from it) is unchanged.
+EXTRA_COLORS_MIX = "extra_colors"
 
 
 def training_mix(weights: Mapping[str, float] | None = None) -> tuple[tuple[str | None, float], ...]:
     """The training mix with some categories re-weighted (`data.mix` in a train config):
-    weights by name (CATEGORIES or "free_form"); unnamed ones keep their default weight,
-    and the result is normalised. Raises ValueError for an unknown name, a negative or
-    non-numeric weight, or a mix whose weights are all zero."""
+    weights by name (CATEGORIES, "free_form" or the opt-in "extra_colors", default weight 0);
+    unnamed ones keep their default weight, and the result is normalised. Raises ValueError for
+    an unknown name, a negative or non-numeric weight, or a mix whose weights are all zero."""
     names = {FREE_FORM if c is None else c: c for c, _ in _TRAIN_MIX}
     weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(names))
+    unknown = sorted(set(weights) - set(names) - {EXTRA_COLORS_MIX})
     if unknown:
-        raise ValueError(f"unknown mix categories {unknown}; allowed: {', '.join(names)}")
+        raise ValueError(f"unknown mix categories {unknown}; allowed: {', '.join([*names, EXTRA_COLORS_MIX])}")
     for k, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
             raise ValueError(f"mix weight of {k!r} must be a number >= 0, got {w!r}")
     mix = [(c, float(weights.get(FREE_FORM if c is None else c, p))) for c, p in _TRAIN_MIX]
+    if weights.get(EXTRA_COLORS_MIX, 0) > 0:  # appended only when asked for: the base mix stays as it was
+        mix.append((EXTRA_COLORS_MIX, float(weights[EXTRA_COLORS_MIX])))
     total = sum(p for _, p in mix)
     if total <= 0:
         raise ValueError("mix weights are all zero; at least one category needs a weight > 0")
@@ -82,6 +88,24 @@ def _distinct_pairs(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
     idx = rng.choice(len(all_pairs), size=n, replace=False)
     return [all_pairs[int(i)] for i in idx]
 
+
+
+def _sample_extra_spec(rng: np.random.Generator) -> tuple[list[dict], str | None, str]:
+    """Clauses, relation and category of an extra-color scene (EXTRA_COLORS_MIX): one of the four
+    benchmark templates, uniformly, with an extra color in its clause (single object, counting)
+    or in one of its two clauses, the other drawn from every color (two objects, position)."""
+    category = _pick(rng, CATEGORIES)
+    extra = (_pick(rng, tuple(EXTRA_COLORS)), _pick(rng, SHAPE_NAMES))
+    if category == "single_object":
+        return [make_clause(1, *extra, _pick(rng, SIZE_WORDS))], None, category
+    if category == "counting":
+        return [make_clause(int(rng.integers(2, 5)), *extra)], None, category
+    others = [(c, s) for c in COLORS for s in SHAPE_NAMES if (c, s) != extra]
+    pair = [extra, others[int(rng.integers(len(others)))]]
+    if rng.integers(2):
+        pair.reverse()
+    clauses = [make_clause(1, c, s) for c, s in pair]
+    return clauses, (_pick(rng, RELATIONS) if category == "position" else None), category
 
 
 def _sample_spec(rng: np.random.Generator, category: str | None) -> tuple[list[dict], str | None]:
@@ -173,8 +197,10 @@ def sample_scene(rng: np.random.Generator, size: int = 64, category: str | None 
 
     category: one of CATEGORIES, or None for a draw from the training mix: `mix`
     (from training_mix) or the default (single_object 0.2, two_object 0.25,
-    counting 0.25, position 0.25, free-form variants 0.05).
-    The returned Scene.category is None for a free-form variant.
+    counting 0.25, position 0.25, free-form variants 0.05). Only a mix that names
+    "extra_colors" draws extra colors (world.EXTRA_COLORS).
+    The returned Scene.category is None for a free-form variant, and the template's category
+    for an extra-color scene.
     """
     check_size(size)
     if category is not None and category not in CATEGORIES:
@@ -183,7 +209,10 @@ def sample_scene(rng: np.random.Generator, size: int = 64, category: str | None 
         names = [c for c, _ in mix or _TRAIN_MIX]
         probs = np.array([p for _, p in mix or _TRAIN_MIX])
         category = names[int(rng.choice(len(names), p=probs / probs.sum()))]
-    clauses, relation = _sample_spec(rng, category)
+    if category == EXTRA_COLORS_MIX:
+        clauses, relation, category = _sample_extra_spec(rng)
+    else:
+        clauses, relation = _sample_spec(rng, category)
     objects = _place(rng, clauses, relation, size)
     return Scene(objects, format_caption(clauses, relation), category)
 

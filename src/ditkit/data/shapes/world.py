@@ -25,6 +25,16 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "blue": (40, 90, 230),
     "purple": (150, 60, 200),
 }
+# Extra concepts (docs/shapes-world.md, "Extra concepts"): colors outside the base palette that
+# captions may name and the renderer draws, but that the default generator, the benchmark
+# prompts and the detector's default vocabulary never use; a training mix asks for them with
+# its "extra_colors" category. Pink sits far from every palette line (>= 56 RGB units from
+# each white -> color line, where the detector accepts <= 45), so it cannot pass for red or purple.
+EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
+    "pink": (240, 110, 190),
+}
+# Every color a caption may name: the base palette, then the extra colors.
+COLORS: dict[str, tuple[int, int, int]] = {**PALETTE, **EXTRA_COLORS}
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
 OPPOSITE_RELATION = {"to the left of": "to the right of", "to the right of": "to the left of",
@@ -153,14 +163,14 @@ def shape_mask(shape: str, w: int, h: int) -> np.ndarray:
 def _check_object(obj: ShapeObject) -> None:
     if obj.shape not in SHAPE_NAMES:
         raise ValueError(f"unknown shape {obj.shape!r}; allowed: {SHAPE_NAMES}")
-    if obj.color not in PALETTE:
-        raise ValueError(f"unknown color {obj.color!r}; allowed: {tuple(PALETTE)}")
+    if obj.color not in COLORS:
+        raise ValueError(f"unknown color {obj.color!r}; allowed: {tuple(COLORS)}")
     if obj.side < 1:
         raise ValueError(f"object side must be >= 1, got {obj.side}")
 
 
 def render(objects: Iterable[ShapeObject], size: int = 64) -> Image.Image:
-    """Draw objects on a white S x S RGB canvas with hard edges and exact palette colors.
+    """Draw objects on a white S x S RGB canvas with hard edges and exact colors (COLORS).
 
     Parts of an object outside the canvas are clipped.
     """
@@ -175,7 +185,7 @@ def render(objects: Iterable[ShapeObject], size: int = 64) -> Image.Image:
         if x0 >= x1 or y0 >= y1:
             continue
         sub = mask[y0 - obj.y0 : y1 - obj.y0, x0 - obj.x0 : x1 - obj.x0]
-        canvas[y0:y1, x0:x1][sub] = PALETTE[obj.color]
+        canvas[y0:y1, x0:x1][sub] = COLORS[obj.color]
     return Image.fromarray(canvas, mode="RGB")
 
 

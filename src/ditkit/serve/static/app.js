@@ -225,9 +225,9 @@ function startJob(job, meta) {
     queued: ({ position }) => setStatus(position ? `Queued, position ${position}` : "Queued"),
     progress(update) {
       if (typeof update.progress === "number") $("progress").value = update.progress;
-      // unit: "step" (generate: sampler steps) or "image" (editing tasks count finished images)
-      const unit = update.unit === "image" ? "image" : "step";
-      if (update.steps) setStatus(`Running: ${unit} ${update.step} of ${update.steps}`);
+      // step of steps: the sampler step of the current batch (generate) or image (editing tasks);
+      // the bar's progress covers the whole job
+      if (update.steps) setStatus(`Running: step ${update.step} of ${update.steps}`);
       if (update.preview) {
         const preview = update.preview;
         $("preview").src = preview.startsWith("data:") ? preview : `data:image/png;base64,${preview}`;
