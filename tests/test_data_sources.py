@@ -420,3 +420,16 @@ def test_training_on_webdataset_resumes_exactly(data, train_config):
     assert len(losses(split)) == 2
     train(split, resume=True, progress=False)
     assert len(losses(whole)) == 4 and losses(split) == losses(whole)
+
+
+def test_builtin_benchmark_during_training_is_refused_for_user_data(data):
+    from ditkit.core.config import Config
+    from ditkit.training.train import check_eval
+
+    folder_cfg = Config(data=cfg("folder", data["folder"]))
+    folder_cfg.train.eval_every = 100
+    with pytest.raises(ValueError, match="set train.eval_every=0"):
+        check_eval(folder_cfg)
+    folder_cfg.train.eval_every = 0
+    check_eval(folder_cfg)
+    check_eval(Config())  # the shapes world keeps its ShapesEval

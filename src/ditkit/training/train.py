@@ -120,6 +120,15 @@ def check_stable_target(cfg: Config) -> None:
                          f"data.dataset shapes and train.task generate (got {cfg.data.dataset}, {cfg.train.task})")
 
 
+def check_eval(cfg: Config) -> None:
+    """train.eval_every runs a built-in world's benchmark (ShapesEval, the digits judge), which
+    says nothing about a model of the user's own data."""
+    if cfg.train.eval_every and cfg.data.kind != "builtin":
+        raise ValueError(f"train.eval_every runs the built-in worlds' benchmarks (ShapesEval, digits); with data.kind "
+                         f"{cfg.data.kind!r} set train.eval_every=0 and evaluate the model afterwards "
+                         "(e.g. ditkit eval fwd, ditkit eval emoji)")
+
+
 def stable_target(cfg: Config, step: int, x0: torch.Tensor, captions: list[str], eps: torch.Tensor,
                   t: torch.Tensor, first: int = 0) -> torch.Tensor:
     """The x0 to regress on: x0 itself below train.stf_min_t, and above it the posterior mean
@@ -283,6 +292,7 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, progress: bool,
                          "start a new run without --resume, or set train.output_dir to the run to continue")
     check_task(cfg.train.task, cfg.model.cond_channels)
     check_stable_target(cfg)
+    check_eval(cfg)
     if cfg.train.lora and ranks.parallel == "fsdp":
         raise ValueError("train.lora trains a few small adapter matrices, which FSDP has nothing to gain "
                          "from sharding: use train.parallel ddp (or none) for a LoRA run")
