@@ -8,10 +8,11 @@ also under CUDA) and lives only as long as the run.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+from ditkit.training.distributed import torchrun_env
 
 
 @dataclass(frozen=True)
@@ -26,22 +27,11 @@ class Ranks:
 
 
 def torchrun_ranks(env: dict | None = None) -> Ranks:
-    """This process's place from torchrun's environment; Ranks() (one process) outside torchrun.
-    ValueError for numbers that do not make sense (a hand-set environment)."""
-    env = os.environ if env is None else env
-    if "WORLD_SIZE" not in env:
-        return Ranks()
-    values = {}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        raw = env.get(key, "0")
-        try:
-            values[key] = int(raw)
-        except ValueError:
-            raise ValueError(f"environment variable {key}={raw!r} must be an integer (torchrun sets it)") from None
-    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise ValueError(f"RANK={rank}, WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
-    return Ranks(rank, world, local)
+    """This process's place from torchrun's environment (training.distributed.torchrun_env, the
+    one reader of it); Ranks() (one process) outside torchrun. ValueError for numbers that do
+    not make sense (a hand-set environment)."""
+    place = torchrun_env(env)
+    return Ranks() if place is None else Ranks(*place)
 
 
 def rank_device(device: str, ranks: Ranks) -> str:

@@ -163,16 +163,24 @@ def save_train_state(folder: str | Path, step: int, model: torch.nn.Module, ema:
     atomic_save_tensors(folder / STATE_FILE, tensors, metadata=meta)
 
 
-def load_train_state(folder: str | Path, model: torch.nn.Module, ema: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer) -> int:
-    """Restore model, EMA and optimizer in place; return the step to continue from."""
-    path = Path(folder) / STATE_FILE
+def read_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A one-process training state file's tensors and metadata (step, param_groups,
+    opt_scalars, config), checked to be ditkit train's."""
+    path = Path(path)
     tensors = _load_tensors(path)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     for key in ("step", "param_groups", "opt_scalars"):
         if key not in meta:
             raise ValueError(f"training state {path} lacks metadata {key!r}; it was not written by ditkit train")
+    return tensors, meta
+
+
+def load_train_state(folder: str | Path, model: torch.nn.Module, ema: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer) -> int:
+    """Restore model, EMA and optimizer in place; return the step to continue from."""
+    path = Path(folder) / STATE_FILE
+    tensors, meta = read_train_state(path)
     for prefix, module in (("model.", model), ("ema.", ema)):
         sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if set(sub) != set(module.state_dict()):

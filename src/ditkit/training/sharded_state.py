@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ditkit.core.checkpoint import STATE_FILE, _load_tensors, match_moment_layouts
+from ditkit.core.checkpoint import STATE_FILE, match_moment_layouts, read_train_state
 from ditkit.core.files import _fsync_dir, atomic_write_json
 from ditkit.training.distributed import Ranks
 
@@ -243,12 +243,7 @@ def load_file_on_ranks(out: str | Path, model: nn.Module, ema: nn.Module | None,
 
 def _read_state_file(path: Path) -> tuple[dict, dict, dict, int]:
     """core.checkpoint's one-process state as full state dicts keyed by parameter name."""
-    tensors = _load_tensors(path)
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    for key in ("step", "param_groups", "opt_scalars"):
-        if key not in meta:
-            raise ValueError(f"training state {path} lacks metadata {key!r}; it was not written by ditkit train")
+    tensors, meta = read_train_state(path)
     groups = json.loads(meta["param_groups"])
     names = [n for g in groups for n in g.get("names", [])]
     if len(names) != sum(len(g["params"]) for g in groups):
