@@ -124,6 +124,22 @@ def save_perturbed_model(folder, sample, depth: int = 4, dataset: str | None = "
     return folder
 
 
+def save_tiny_video_model(folder, frames: int = 4, size: int = 32):
+    """A saved tiny VideoDiT folder: `frames` frames of size x size, patch 8, 2 sampling steps,
+    every weight moved off its init (the zero-initialised output and temporal layers included)."""
+    from ditkit.core.checkpoint import save_model
+    from ditkit.core.video_model import VideoDiT
+
+    torch.manual_seed(0)
+    model = VideoDiT(DiTConfig(frames=frames, width=32, depth=1, heads=2, patch_size=8, stem_channels=4,
+                               sample_size=size))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_model(folder, model, SampleConfig(steps=2, guidance=2.0, size=size))
+    return folder
+
+
 # -- helpers shared by several test modules (tests never import each other) -----------------
 
 

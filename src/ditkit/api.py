@@ -10,6 +10,7 @@ Images are PIL at the edges and (B, C, H, W) tensors in [-1, 1] inside.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -23,13 +24,15 @@ from ditkit.core.encoders import TextEncoder, get_text_encoder
 from ditkit.core.lora import AdapterStack
 from ditkit.core.guidance import APG
 from ditkit.core.images import ImageLike, to_pil
-from ditkit.core.limits import MAX_BEST_OF, MAX_NUM_IMAGES, check_int, check_seed
+from ditkit.core.images import load_image, to_tensor
+from ditkit.core.limits import MAX_BEST_OF, MAX_FRAMES, MAX_NUM_IMAGES, check_int, check_seed
+from ditkit.data.video import still_caption
 from ditkit.core.precision import resolve_device
 from ditkit.engine.cache import SCHEDULE_FILE
 from ditkit.engine.calibration import calibrate_smooth
 from ditkit.engine.generate import Engine, ProgressCallback
 from ditkit.engine.prompts import default_prompts, model_dataset
-from ditkit.engine.request import GenerationRequest, prompt_list
+from ditkit.engine.request import GenerationRequest, check_frames_for, prompt_list
 from ditkit.tasks import pipeline_edit as edits
 
 # resolve_model and embedded_models live in core.checkpoint; re-exported as part of the Python API.
@@ -151,6 +154,66 @@ class Pipeline:
     def _sample(self, prompts: list[str], seeds: int | list[int], callback: ProgressCallback | None = None,
                 seed=None, **kwargs) -> torch.Tensor:
         return self.engine.generate(self.request(prompts, seeds, **kwargs), callback)
+
+    # -- video (a video model: model.frames > 0; docs/video.md) ---------------------------------
+    def generate_video(self, prompt: str | Sequence[str], frames: int | None = None,
+                       image: "ImageLike | Sequence[ImageLike] | None" = None, image_model: "str | Pipeline | None" = None,
+                       steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                       seed: int = 0, size: int | None = None, shift: float | None = None,
+                       precision: str = "fp32", batch_size: int = 8,
+                       callback: ProgressCallback | None = None) -> list[list[Image.Image]]:
+        """One video per prompt, each a list of `frames` PIL frames (default: the model's clip
+        length); video j uses seed + j.
+
+        Text-to-video by default. image: image-to-video, the first frame (one image for every
+        prompt, or one per prompt), resized to size x size; it comes back as frame 0 exactly.
+        image_model: the Kandinsky chain text -> image -> video in one call: that image model
+        (a name such as "shapes-64", or a Pipeline) draws each first frame from the prompt with its
+        motions left out (data.video.still_caption), then this model animates it."""
+        prompts = prompt_list(prompt)
+        seed = check_seed(seed)
+        model_frames = getattr(self.model.config, "frames", 0)
+        if not model_frames:
+            check_frames_for(self.model, 1)  # an image model: the error names a video model to use
+        frames = check_int("frames", model_frames if frames is None else frames, 1, MAX_FRAMES)
+        request = self.request(prompts, seed, steps=steps, guidance=guidance, sampler=sampler, size=size, shift=shift,
+                               precision=precision, batch_size=batch_size)
+        request = replace(request, frames=frames)
+        request.check_for(self.model)
+        if image is not None and image_model is not None:
+            raise ValueError("give image (the first frame) or image_model (which draws it), not both")
+        if image_model is not None:
+            image = self._first_frames_from(image_model, prompts, seed, request.size)
+        if image is not None:
+            request = replace(request, first_frames=self._first_frames(image, len(prompts), request.size))
+        clips = self.engine.generate(request, callback)  # (N, F, C, S, S)
+        return [to_pil(clip) for clip in clips]
+
+    @staticmethod
+    def _first_frames(image, n: int, size: int) -> torch.Tensor:
+        """One image or one per prompt -> (n, 3, size, size) in [-1, 1]."""
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if len(images) not in (1, n):
+            raise ValueError(f"image: give one first frame or one per prompt ({n}), got {len(images)}")
+        tensors = [to_tensor(load_image(im, "first frame"), (size, size)) for im in images]
+        return torch.cat(tensors * (n if len(tensors) == 1 else 1))
+
+    def _first_frames_from(self, image_model: "str | Pipeline", prompts: list[str], seed: int,
+                           size: int) -> list[Image.Image]:
+        """First frames drawn by an image model from the prompts' still captions."""
+        if isinstance(image_model, Pipeline):
+            pipe = image_model
+        else:  # loaded once per pipeline, as the companions are (a server animates many first frames)
+            with self._companion_lock:
+                key = f"image_model:{image_model}"
+                if key not in self._companions:
+                    self._companions[key] = load(image_model, device=self.device)
+                pipe = self._companions[key]
+        if getattr(pipe.model.config, "frames", 0):
+            raise ValueError(f"image_model {pipe.source!r} is a video model; it must be an image model (e.g. shapes-64)")
+        stills = [still_caption(p) for p in prompts]
+        images = pipe.generate(stills, seed=seed)
+        return [im.resize((size, size), Image.LANCZOS) if im.size != (size, size) else im for im in images]
 
     # -- editing tasks (ditkit.tasks.pipeline_edit) ----------------------------------------------
     def vary(self, image: ImageLike, prompt: str = "", strength: float = 0.6, num_images: int = 1,

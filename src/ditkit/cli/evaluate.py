@@ -1,4 +1,4 @@
-"""`ditkit eval shapes|digits|fwd|edit|emoji`: the benchmarks (ditkit.evaluation; best-of-N curves
+"""`ditkit eval shapes|digits|fwd|edit|emoji|video`: the benchmarks (ditkit.evaluation; best-of-N curves
 from ditkit.accel.scaling). The verbs check arguments, call the evaluation and print JSON."""
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import numpy as np
 
 from ditkit.accel.scaling import digits_best_of_eval, get_verifier, save_best_of_outputs, shapes_best_of_eval
 from ditkit.api import Pipeline, load
-from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, check_out_dir, check_sampling_args,
-                               clean_out_dir, generation_kwargs, int_list, load_pipeline, positive_int,
-                               read_prompts_file)
+from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, check_out_dir, check_sampler,
+                               check_sampling_args, clean_out_dir, generation_kwargs, int_list, load_pipeline,
+                               nonneg_float, positive_int, read_prompts_file)
 from ditkit.core.config import SampleConfig
 from ditkit.core.guidance import APG
+from ditkit.core.limits import check_seed
+from ditkit.core.precision import check_precision
 from ditkit.core.progress import progress_bar, progress_callback
+from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.data import digits, emoji
 from ditkit.engine.cache import parse_cache_spec
 from ditkit.evaluation.emoji_eval import emoji_eval, save_emoji_outputs
@@ -24,6 +27,9 @@ from ditkit.evaluation.edit_eval import EDIT_TASKS, edit_eval, save_edit_outputs
 from ditkit.evaluation.evaluate import benchmark_prompts_for, digits_eval, digits_fwd, shapes_eval
 from ditkit.evaluation.fwd import fwd_from_statistics, fwd_statistics, statistics_of
 from ditkit.evaluation.outputs import save_digits_outputs, save_eval_outputs, save_fwd_outputs
+from ditkit.evaluation.video_eval import (MODES, VIDEO_CATEGORIES, check_video_model, save_video_outputs,
+                                         summary_table, video_eval)
+from ditkit.evaluation.video_scoring import json_safe
 
 UPSCALER = "shapes-upscale"  # the upscaling model `eval edit` measures
 
@@ -88,9 +94,31 @@ def add_parsers(sub) -> None:
     add_debug(em)
     em.set_defaults(handler=cmd_eval_emoji)
 
+    ev = esub.add_parser("video", help="video model: per-frame objects, motion, temporal consistency, first-frame "
+                                       "PSNR (text-to-video and image-to-video)")
+    ev.add_argument("--model", default="shapes-video", help="video model: embedded name or model folder "
+                                                            "(default shapes-video)")
+    ev.add_argument("--per-category", type=positive_int("--per-category"), default=25,
+                    help="prompts per category (single_move, single_still, single_growing, two_object; default 25)")
+    ev.add_argument("--mode", choices=MODES, default="both",
+                    help="t2v (text-to-video), i2v (image-to-video from ground-truth first frames) or both (default)")
+    ev.add_argument("--batch-size", type=positive_int("--batch-size"), default=8, help="videos per forward batch")
+    ev.add_argument("--out-dir", help="save results.json, report.md, frame grids (PNG) and one GIF per video here")
+    ev.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: the model's)")
+    ev.add_argument("--guidance", type=nonneg_float("--guidance"), help="guidance scale (default: the model's)")
+    ev.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} (default: the model's)")
+    ev.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
+    ev.add_argument("--size", type=positive_int("--size"), help="frame side in pixels (default: the model's)")
+    ev.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
+    ev.add_argument("--device", default="cpu")
+    add_debug(ev)
+    ev.set_defaults(handler=cmd_eval_video)
+
 
 def _no_benchmark(args: argparse.Namespace) -> int:
-    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit|emoji")
+    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit|emoji|video")
 
 
 def _prepare_out_dir(path: str | None) -> None:
@@ -250,3 +278,35 @@ def _trained_on(config: dict) -> Path:
         return Path(path).parent
     raise UserError("give --data DIR: the folder `ditkit data emoji -o DIR` wrote (this model's config names no "
                     "emoji folder that exists here)")
+
+
+def cmd_eval_video(args: argparse.Namespace) -> int:
+    check_sampler(args.sampler)
+    check_seed(args.seed)
+    check_precision(args.precision, args.device)
+    if args.shift is not None and args.shift <= 0:
+        raise UserError(f"--shift must be > 0, got {args.shift}")
+    check_out_dir(args.out_dir)
+    if args.out_dir:
+        clean_out_dir(args.out_dir, subfolders=("t2v", "i2v"))
+    pipe = load_pipeline(args)
+    check_video_model(pipe.model)  # an image model fails before the progress bar opens
+    steps = pipe.sample_config(args.steps).steps
+    modes = 2 if args.mode == "both" else 1
+    with progress_bar("eval video", modes * len(VIDEO_CATEGORIES) * args.per_category * steps) as cb:
+        result = video_eval(pipe.engine, args.per_category, args.seed, args.mode, args.steps, args.guidance,
+                            args.sampler, args.shift, args.size, args.precision, args.batch_size,
+                            callback=progress_callback(cb), return_videos=bool(args.out_dir))
+    if args.out_dir:
+        save_video_outputs(result, args.out_dir, args.command_line)
+    summary = {"model": pipe.source,
+               **{k: v for k, v in result.items() if k not in ("videos", "prompts", "reference", "per_video")}}
+    if args.json:
+        print(json.dumps(json_safe(summary), indent=2))
+    else:
+        s = result["settings"]
+        print(f"{pipe.source}: {len(VIDEO_CATEGORIES) * args.per_category} videos per mode of {s['frames']} frames at "
+              f"{s['size']}x{s['size']}, {s['steps']} steps, guidance {s['guidance']:g}"
+              + (f"; wrote {args.out_dir}" if args.out_dir else ""))
+        print(summary_table(result))
+    return 0

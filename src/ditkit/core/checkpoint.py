@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from ditkit.core.config import Config, SampleConfig, _from_dict
 from ditkit.core.files import atomic_write, atomic_write_bytes
 from ditkit.core.model import DiT, DiTConfig
+from ditkit.core.video_model import build_model
 from ditkit.core.precision import resolve_device
 
 MODEL_FILE = "model.safetensors"
@@ -118,7 +119,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         cfg["sample"] = _from_dict(SampleConfig, cfg.get("sample") or {}, "sample")
     except (TypeError, ValueError) as e:
         raise ValueError(f"model config {folder / CONFIG_FILE} is invalid: {e}") from None
-    model = DiT(model_cfg)
+    model = build_model(model_cfg)  # a VideoDiT when model.frames > 0
     load_weights_into(model, folder / MODEL_FILE)
     return model.to(device).eval(), cfg
 

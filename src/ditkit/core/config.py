@@ -5,6 +5,9 @@ text_encoder. `--set train.lr=1e-4` style overrides are parsed as YAML
 scalars. Unknown keys are errors that list the allowed ones. Every number is checked
 when a config is built (core.limits): integers are never truncated, floats are finite,
 and each has its range.
+
+Over 500 lines because the five sections and their cross-section checks (video, LoRA, data
+kinds) are one schema: split, a reader would chase a field's rules across files.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from typing import get_type_hints
 import yaml
 
 from ditkit.core.conditions import TASKS
-from ditkit.core.limits import MAX_SIZE, MAX_STEPS, check_int, check_interval, check_number, check_seed
+from ditkit.core.limits import MAX_FRAMES, MAX_SIZE, MAX_STEPS, check_int, check_interval, check_number, check_seed
 from ditkit.core.precision import check_device_name
 from ditkit.core.sampling import SAMPLER_NAMES
-from ditkit.data import DATASETS, check_mix_dataset
+from ditkit.data import DATASETS, VIDEO_DATASETS, check_mix_dataset
 from ditkit.data.shapes import training_mix
 from ditkit.data.sources import check_kind
 
@@ -83,6 +86,7 @@ def _from_dict(cls, d: dict, section: str):
 
 
 ATTENTION_KINDS = ("softmax", "linear")
+VIDEO_ATTENTION_KINDS = ("factorized", "full")
 POSITION_KINDS = ("rope", "sincos", "rope+abs")
 
 # The configuration that maps onto diffusers' PixArtTransformer2DModel (ditkit.interop.diffusers).
@@ -120,6 +124,12 @@ class DiTConfig:
     cross_norm: bool = True
     # Add a projection of the masked-mean text states to the timestep embedding. PixArt-alpha does not.
     pooled_text: bool = True
+    # Video (core/video_model.py, docs/video.md): frames > 0 makes a VideoDiT, trained on clips of
+    # this many frames; 0 is an image model. temporal_patch frames go into one token; attention
+    # over a clip is "factorized" (spatial then temporal) or "full" (all tokens, 3D RoPE).
+    frames: int = 0
+    temporal_patch: int = 1
+    video_attention: str = "factorized"
 
     def __post_init__(self) -> None:
         check_number_fields(self, "model")
@@ -149,6 +159,26 @@ class DiTConfig:
             raise ValueError(f"model.stem_channels must be >= 0, got {self.stem_channels}")
         if int(self.cond_channels) < 0:
             raise ValueError(f"model.cond_channels must be >= 0, got {self.cond_channels}")
+        self.check_video()
+
+    def check_video(self) -> None:
+        """The video fields (frames, temporal_patch, video_attention) and what a video model needs."""
+        check_int("model.frames", self.frames, 0, MAX_FRAMES)
+        check_int("model.temporal_patch", self.temporal_patch, 1, MAX_FRAMES)
+        if self.video_attention not in VIDEO_ATTENTION_KINDS:
+            raise ValueError(f"unknown model.video_attention {self.video_attention!r}; "
+                             f"allowed: {', '.join(VIDEO_ATTENTION_KINDS)}")
+        if self.frames == 0:
+            return
+        if self.frames % self.temporal_patch:
+            raise ValueError(f"model.frames ({self.frames}) must be a multiple of model.temporal_patch "
+                             f"({self.temporal_patch})")
+        if self.positions != "rope" or self.attention != "softmax" or self.cond_channels:
+            raise ValueError("a video model (model.frames > 0) needs model.positions rope, model.attention softmax "
+                             f"and model.cond_channels 0 (got {self.positions}, {self.attention}, {self.cond_channels})")
+        if self.video_attention == "full" and (self.width // self.heads) % 8:
+            raise ValueError(f"head dim width/heads = {self.width // self.heads} must be divisible by 8 for "
+                             "3D RoPE (model.video_attention full)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
@@ -186,9 +216,15 @@ class DataConfig:
     # a folder written by `ditkit data prepare`: training reads the captions' text-encoder
     # states from it instead of running the encoder
     features: str = ""
+    # dataset shapes-video: frames per clip (0: the world's default, 8)
+    frames: int = 0
 
     def __post_init__(self) -> None:
         check_number_fields(self, "data")
+        check_int("data.frames", self.frames, 0, MAX_FRAMES)
+        if self.frames and self.dataset not in VIDEO_DATASETS:
+            raise ValueError(f"data.frames is for a video dataset ({', '.join(VIDEO_DATASETS)}), "
+                             f"not {self.dataset or self.kind!r}")
         check_kind(self.kind)
         if isinstance(self.path, (list, tuple)):
             self.path = "::".join(str(p) for p in self.path)
@@ -289,9 +325,13 @@ class TrainConfig:
     # LoRA fine-tuning of the train.init_from model (LoraSettings: rank, alpha, targets,
     # dropout); absent = train every weight. Checkpoints then hold the adapter (RUN/lora).
     lora: LoraSettings | None = None
+    # a video model: the share of clips whose first frame is given clean (t = 0, no loss on it),
+    # so one model also serves image-to-video (core/video_model.py, docs/video.md)
+    first_frame_prob: float = 0.0
 
     def __post_init__(self) -> None:
         check_number_fields(self, "train")
+        self.first_frame_prob = check_number("train.first_frame_prob", self.first_frame_prob, 0.0, 1.0)
         if isinstance(self.lora, dict):
             self.lora = _from_dict(LoraSettings, self.lora, "train.lora")
         elif self.lora is not None and not isinstance(self.lora, LoraSettings):
@@ -389,13 +429,38 @@ class Config:
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"unknown config sections {sorted(unknown)}; allowed: {sorted(allowed)}")
-        return cls(
+        config = cls(
             model=DiTConfig.from_dict(d.get("model") or {}),
             data=_from_dict(DataConfig, d.get("data") or {}, "data"),
             train=_from_dict(TrainConfig, d.get("train") or {}, "train"),
             sample=_from_dict(SampleConfig, d.get("sample") or {}, "sample"),
             text_encoder=str(d.get("text_encoder", "minilm")),
         )
+        config.check_video()
+        return config
+
+    def check_video(self) -> None:
+        """A video model trains on a video dataset and an image model on images; the clip length
+        is the model's (data.frames follows model.frames)."""
+        video_data = self.data.kind == "builtin" and self.data.dataset in VIDEO_DATASETS
+        if bool(self.model.frames) != video_data:
+            raise ValueError(f"model.frames {self.model.frames} with data.dataset {self.data.dataset or self.data.kind!r}: "
+                             f"a video model (model.frames > 0) trains on {', '.join(VIDEO_DATASETS)} and an image "
+                             "model (model.frames 0) on images")
+        if not video_data:
+            if self.train.first_frame_prob:
+                raise ValueError("train.first_frame_prob is for video models (model.frames > 0)")
+            return
+        self.data.frames = self.data.frames or self.model.frames
+        if self.data.frames % self.model.temporal_patch:
+            raise ValueError(f"data.frames {self.data.frames} must be a multiple of model.temporal_patch "
+                             f"{self.model.temporal_patch}")
+        if self.train.first_frame_prob and self.model.temporal_patch != 1:
+            raise ValueError("train.first_frame_prob (image-to-video) needs model.temporal_patch 1: the given first "
+                             "frame must be a latent frame of its own")
+        if self.train.task != "generate" or self.train.lora or self.train.stf_refs or self.train.cosine_reg:
+            raise ValueError("a video model trains with train.task generate, without train.lora, train.stf_refs "
+                             "or train.cosine_reg")
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "data": asdict(self.data), "train": asdict(self.train),

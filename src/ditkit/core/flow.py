@@ -15,9 +15,9 @@ import torch
 
 
 def _bt(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast a (B,) or scalar time against x (B, ...)."""
+    """Broadcast a scalar, (B,) or leading-dims time (a clip's per-frame (B, F)) against x (B, ...)."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    return t.reshape(-1, *([1] * (x.ndim - 1))) if t.ndim else t
+    return t.reshape(*t.shape, *([1] * (x.ndim - t.ndim))) if t.ndim else t
 
 
 def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from numbers import Integral, Real
 MAX_STEPS = 1000           # sampling steps of one request (flow models need tens)
 SEED_LIMIT = 2 ** 63       # seeds are 0 <= seed < 2**63: torch.Generator.manual_seed takes a 64-bit integer
 MAX_SIZE = 1024            # image side in pixels
+MAX_FRAMES = 64            # frames of one video (RoPE is relative: a model samples more frames than it trained on)
 MAX_RESAMPLE = 20          # RePaint resampling rounds per step (each one costs a full step)
 MAX_NUM_IMAGES = 10_000    # images per prompt in one call
 MAX_BEST_OF = 1000         # best-of-N candidates per image

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ditkit.data import digits, shapes
+from ditkit.data import digits, shapes, video
 from ditkit.data.sources import open_source
 
-DATASETS = ("shapes", "digits")
+DATASETS = ("shapes", "digits", "shapes-video")
+VIDEO_DATASETS = ("shapes-video",)  # clips (B, F, 3, S, S) instead of images
 
 
 def check_mix_dataset(dataset: str) -> None:
@@ -19,15 +20,18 @@ def check_mix_dataset(dataset: str) -> None:
         raise ValueError(f"data.mix re-weights the shapes world's categories; dataset {dataset!r} has none")
 
 
-def make_batch(dataset: str, seed: int, step: int, batch_size: int, size: int, mix=None):
+def make_batch(dataset: str, seed: int, step: int, batch_size: int, size: int, mix=None, frames: int = 0):
     """A training batch of a built-in dataset: images (B, 3, S, S) in [-1, 1] and captions,
-    depending only on (seed, step). mix: the shapes world's category weights (data.mix)."""
+    depending only on (seed, step); for shapes-video clips (B, F, 3, S, S) of `frames` frames.
+    mix: the shapes world's category weights (data.mix)."""
     if mix:
         check_mix_dataset(dataset)
     if dataset == "shapes":
         return shapes.make_batch(seed, step, batch_size, size, mix)
     if dataset == "digits":
         return digits.make_batch(seed, step, batch_size, size)
+    if dataset == "shapes-video":
+        return video.make_video_batch(seed, step, batch_size, size, frames or video.DEFAULT_FRAMES)
     raise ValueError(f"no built-in data for dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
 
 
@@ -38,7 +42,7 @@ def benchmark_prompts(dataset: str, n: int, seed: int = 0) -> list[str] | None:
         return [p for _, p in shapes.benchmark_prompts(max(1, n // 4), seed)]
     if dataset == "digits":
         return digits.benchmark_prompts(max(1, n // 10))[:n]
-    return None
+    return None  # shapes-video: its prompts are evaluation.video_eval's
 
 
 def check_world(batch_size: int, world: int) -> None:
@@ -84,7 +88,8 @@ def training_batch(data_cfg, seed: int, step: int, batch_size: int, size: int, r
     part = rank_slice(batch_size, rank, world)
     kind = getattr(data_cfg, "kind", "builtin")
     if kind == "builtin":
-        x0, captions = make_batch(data_cfg.dataset, seed, step, batch_size, size, data_cfg.mix)
+        x0, captions = make_batch(data_cfg.dataset, seed, step, batch_size, size, data_cfg.mix,
+                                  getattr(data_cfg, "frames", 0))
         return TrainingBatch(x0[part], captions[part])
     source = open_source(data_cfg)
     if kind == "webdataset":

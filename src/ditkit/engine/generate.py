@@ -30,6 +30,7 @@ from ditkit.core.sampling import StepInfo, get_sampler, pure_noise_prior, timest
 from ditkit.engine.cache import CachedModel, parse_cache_spec
 from ditkit.engine.request import CacheFactory, CacheSetting, GenerationRequest, sample_settings, seed_list
 from ditkit.engine.velocity import fixed_length_context, fixed_text_length, prompt_velocity
+from ditkit.engine.video import FirstFrameModel
 
 # The user callback gets the sampler's StepInfo ({step, steps, t, x, x0} of the current batch)
 # plus progress over the whole request: done and total in image-steps, and index, the position
@@ -121,7 +122,8 @@ class Engine:
         return parse_cache_spec(cache, self.source) if isinstance(cache, str) else cache
 
     def generate(self, request: GenerationRequest, callback: ProgressCallback | None = None) -> torch.Tensor:
-        """Sample one image per prompt. Returns (N, C, size, size) in [-1, 1] (unclamped)."""
+        """Sample one image per prompt (N, C, size, size), or one clip per prompt
+        (N, frames, C, size, size) for a video request; values in [-1, 1] (unclamped)."""
         model = self.model
         request.check_for(model)
         make_cache = self.cache_factory(request.cache)
@@ -136,20 +138,30 @@ class Engine:
         sampler = get_sampler(request.sampler)
         ts = timesteps(request.steps, request.shift)
         prompts, b = request.prompts, request.batch_size
-        noise = initial_noise(len(prompts), (model.config.in_channels, request.size, request.size), request.seeds,
+        frame = (model.config.in_channels, request.size, request.size)
+        noise = initial_noise(len(prompts), (request.frames, *frame) if request.frames else frame, request.seeds,
                               self.device)
+        first = request.first_frames.to(self.device, noise.dtype) if request.first_frames is not None else None
         outs, total, done = [], len(prompts) * request.steps, 0
         text_length = fixed_text_length(self.encoder, prompts) if request.fixed_shape else None
         for i in range(0, len(prompts), b):
             chunk = list(prompts[i:i + b])
             rows, x = len(chunk), noise[i:i + len(chunk)]
+            given = first[i:i + rows] if first is not None else None
             if request.fixed_shape and rows < b:  # dummy rows: unconditional, zero noise, dropped after
                 chunk += [""] * (b - rows)
                 x = torch.cat([x, x.new_zeros(b - rows, *x.shape[1:])])
+                given = torch.cat([given, given.new_zeros(b - rows, *given.shape[1:])]) if given is not None else None
             net = CachedModel(runner, make_cache()) if make_cache else runner
+            if given is not None:  # image-to-video: frame 0 is the given frame at t = 0 (engine/video.py)
+                net = FirstFrameModel(net, given)
+                x = torch.cat([given[:, None], x[:, 1:]], dim=1)
             velocity = self.batch_velocity(request, chunk, net, prior, text_length)
             report = _progress(callback, done, rows, total, i) if callback else None
-            outs.append(check_finite(sampler(velocity, x, ts, report)[:rows], self.source))
+            out = check_finite(sampler(velocity, x, ts, report)[:rows], self.source)
+            if given is not None:
+                out[:, 0] = given[:rows]  # exactly the given frame (the sampler kept it up to rounding)
+            outs.append(out)
             done += rows * request.steps
         return torch.cat(outs)
 

@@ -18,7 +18,7 @@ import torch
 
 from ditkit.core.config import SampleConfig
 from ditkit.core.guidance import APG
-from ditkit.core.limits import MAX_BATCH_SIZE, check_int, check_seed
+from ditkit.core.limits import MAX_BATCH_SIZE, MAX_FRAMES, check_int, check_seed
 from ditkit.core.precision import check_precision
 
 CacheFactory = Callable[[], object]  # () -> a fresh cache policy for one batch (ditkit.engine.cache)
@@ -96,7 +96,11 @@ class GenerationRequest:
     longest prompt's token count rounded up to 16, velocity.fixed_text_length), so an image is
     bit-identical whichever other prompts of the same bucket share its request (on CPU, a
     matmul's result can change in the last bits with its shape); the server batches requests
-    this way, one bucket per batch."""
+    this way, one bucket per batch.
+
+    frames: a video model's clip length (0 for an image model; engine/video.py). first_frames:
+    image-to-video, the given first frame of each video, (N, C, size, size) in [-1, 1], or None
+    for text-to-video."""
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     size: int = SampleConfig.size  # the defaults are SampleConfig's, written once there
@@ -112,6 +116,8 @@ class GenerationRequest:
     prior_model: str = SampleConfig.prior_model
     batch_size: int = 16
     fixed_shape: bool = False
+    frames: int = 0
+    first_frames: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the checks store each value in its canonical type
@@ -130,6 +136,9 @@ class GenerationRequest:
         set_(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
         if not isinstance(self.fixed_shape, bool):
             raise ValueError(f"fixed_shape must be True or False, got {self.fixed_shape!r}")
+        set_(self, "frames", check_int("frames", self.frames, 0, MAX_FRAMES))
+        if self.first_frames is not None:
+            check_first_frames(self.first_frames, len(self.prompts), self.size)
 
     @classmethod
     def from_sample(cls, prompts: Sequence[str], sample: SampleConfig, seed: int | Sequence[int] = 0,
@@ -150,8 +159,40 @@ class GenerationRequest:
         return bool(self.prior_model) or self.prior_until < 1.0
 
     def check_for(self, model: torch.nn.Module) -> None:
-        """The checks that need the model: precision on its device, size against its patch size."""
+        """The checks that need the model: precision on its device, size against its patch size,
+        frames against the kind of model."""
         check_precision(self.precision, next(model.parameters()).device)
+        check_frames_for(model, self.frames, self.first_frames is not None)
+        if self.frames and (self.cache is not None or self.uses_prior):
+            raise ValueError("feature caches and prior steps (cache, prior_until, prior_model) are for image models; "
+                             "a video request takes neither")
         p = model.config.patch_size
         if self.size % p or not p <= self.size <= 1024:
             raise ValueError(f"size {self.size} must be a multiple of the patch size {p} between {p} and 1024")
+
+
+def check_first_frames(first_frames, n: int, size: int) -> None:
+    """Image-to-video's given first frames: a tensor (n, C, size, size), finite."""
+    if not isinstance(first_frames, torch.Tensor) or first_frames.ndim != 4 or first_frames.shape[0] != n \
+            or tuple(first_frames.shape[-2:]) != (size, size):
+        shape = tuple(first_frames.shape) if isinstance(first_frames, torch.Tensor) else type(first_frames).__name__
+        raise ValueError(f"first_frames must be a tensor (N={n}, C, {size}, {size}) in [-1, 1], one per video; got {shape}")
+    if not bool(torch.isfinite(first_frames).all()):
+        raise ValueError("first_frames hold NaN or inf")
+
+
+def check_frames_for(model: torch.nn.Module, frames: int, image_to_video: bool = False) -> None:
+    """A video request (frames >= 1) needs a video model and an image request an image model,
+    each with a message that names what to use instead."""
+    cfg = model.config
+    video_model = getattr(cfg, "frames", 0) > 0
+    if frames and not video_model:
+        raise ValueError("this is an image model; videos need a video model (model.frames > 0), e.g. the embedded "
+                         "shapes-video")
+    if not frames and video_model:
+        raise ValueError(f"this is a video model (it makes clips of {cfg.frames} frames): use generate_video / "
+                         "`ditkit video`, or an image model such as shapes-64 for images")
+    if frames and frames % cfg.temporal_patch:
+        raise ValueError(f"frames {frames} must be a multiple of the model's temporal patch {cfg.temporal_patch}")
+    if image_to_video and cfg.temporal_patch != 1:
+        raise ValueError("image-to-video needs a model with temporal_patch 1 (the first frame is a latent frame of its own)")

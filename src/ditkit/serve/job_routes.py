@@ -1,11 +1,10 @@
-"""The native job API (the web page's): POST /v1/jobs (JSON with base64 images, or
-multipart/form-data with image files), GET /v1/jobs/{id}, its event stream, cancel, result
-files, models, health and metrics."""
+"""The native job API (the web page's): POST /v1/jobs (every task, "video" included; JSON with
+base64 images, or multipart/form-data with image files), GET /v1/jobs/{id}, its event stream,
+cancel, result files (PNG; a video job's GIF and MP4), models, health and metrics."""
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
@@ -19,8 +18,6 @@ from ditkit.serve.forms import JSON, MULTIPART, content_type, read_json_object, 
 from ditkit.serve.jobs import TERMINAL, Job
 from ditkit.serve.params import build_job, decode_base64, open_image
 from ditkit.serve.service import Service
-
-FILE_NAME = re.compile(r"^(\d{1,4})\.png$")
 
 
 def service(request: Request) -> Service:
@@ -36,7 +33,7 @@ def authorized(request: Request) -> Service:
 class JobRequest(BaseModel):
     """POST /v1/jobs. In JSON, images are base64 PNGs (data URLs accepted); in a multipart form
     they are file parts and the other fields are text, typed by this model. The mask is white
-    where to fill."""
+    where to fill. frames and fps: task "video" (image is then its optional first frame)."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     task: str = "generate"
     model: Optional[str] = None
@@ -59,6 +56,8 @@ class JobRequest(BaseModel):
     alpha: Optional[float] = None
     source_prompt: Optional[str] = None
     method: Optional[str] = None
+    frames: Optional[int] = None
+    fps: Optional[float] = None
 
 
 IMAGE_FIELDS = ("image", "image_b", "mask")
@@ -180,15 +179,17 @@ async def job_events(job_id: str, previews: bool = True, svc: Service = Depends(
 
 
 @router.get("/v1/files/{job_id}/{name}", tags=["jobs"], response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+            responses={200: {"content": {"image/png": {}, "image/gif": {}, "video/mp4": {}}}})
 def get_file(job_id: str, name: str, svc: Service = Depends(authorized)):
-    m = FILE_NAME.match(name)
+    """Result k of a completed job: k.png (an image), k.gif or k.mp4 (a video job's clip)."""
     job = svc.job(job_id)
-    k = int(m.group(1)) if m else -1
-    if not 0 <= k < len(job.images):
-        raise ApiError(404, f"no file {name!r} in job {job_id}: files are 0.png .. {len(job.images) - 1}.png",
-                       "name", "not_found")
-    return Response(job.images[k], media_type="image/png")
+    found = job.file(name)
+    if found is None:
+        names = f"0.{job.media} .. {len(job.images) - 1}.{job.media}" if job.images else "none (not completed)"
+        raise ApiError(404, f"no file {name!r} in job {job_id}: files are {names}"
+                       + (f" and 0.mp4 .. {len(job.mp4) - 1}.mp4" if job.mp4 else ""), "name", "not_found")
+    data, media_type = found
+    return Response(data, media_type=media_type)
 
 
 @router.get("/v1/models", tags=["models"])

@@ -1,8 +1,9 @@
-"""Jobs and the in-memory store of jobs and their images (deleted after the TTL).
+"""Jobs and the in-memory store of jobs and their results (deleted after the TTL).
 
-Result images live only in memory as PNG bytes under server-made ids: no client-supplied
-path ever reaches the filesystem. All state changes go through the job's lock; the event
-list only grows, so an event stream reads it by index without holding anything."""
+Results live only in memory as file bytes (PNG images; a video job's GIFs and MP4s) under
+server-made ids: no client-supplied path ever reaches the filesystem. All state changes go
+through the job's lock; the event list only grows, so an event stream reads it by index
+without holding anything."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 TERMINAL = ("completed", "failed", "cancelled")
+MEDIA_TYPES = {"png": "image/png", "gif": "image/gif", "mp4": "video/mp4"}
 
 
 @dataclass(eq=False)  # identity: two jobs are never "equal" (the queue finds and removes a job by identity)
@@ -23,7 +25,9 @@ class Job:
     step of steps counts sampler steps (unit "step", the only unit) of the current sampler batch
     (generate) or task call (an editing job's image; vary's one batched call); progress covers the
     whole job. watchers: the event streams open on the job now; previews are made only while it
-    is above 0."""
+    is above 0. images: the result files in order, each of format `media` ("png"; "gif" for a
+    video job, whose clips have `frames` frames each and whose MP4s, when imageio-ffmpeg is
+    installed, are in mp4)."""
     task: str
     model: str
     task_args: dict
@@ -36,6 +40,9 @@ class Job:
     steps: int = 0
     unit: str = "step"
     images: list[bytes] = field(default_factory=list)
+    media: str = "png"
+    frames: int = 0
+    mp4: list[bytes] = field(default_factory=list)
     error: dict | None = None
     created: float = field(default_factory=time.time)
     finished_at: float | None = None  # on the store's clock
@@ -86,11 +93,24 @@ class Job:
             self.watchers += delta
 
     def view(self) -> dict:
-        """The job as GET /v1/jobs/{id} returns it."""
-        return {"id": self.id, "task": self.task, "model": self.model, "state": self.state,
-                "progress": self.progress, "step": self.step, "steps": self.steps, "unit": self.unit,
-                "result": [f"/v1/files/{self.id}/{k}.png" for k in range(len(self.images))],
-                "error": self.error, "seeds": list(self.seeds), "created": int(self.created)}
+        """The job as GET /v1/jobs/{id} returns it; a video job also has frames (per clip) and mp4
+        (the MP4 URLs, empty when the server cannot write MP4)."""
+        out = {"id": self.id, "task": self.task, "model": self.model, "state": self.state,
+               "progress": self.progress, "step": self.step, "steps": self.steps, "unit": self.unit,
+               "result": [f"/v1/files/{self.id}/{k}.{self.media}" for k in range(len(self.images))],
+               "error": self.error, "seeds": list(self.seeds), "created": int(self.created)}
+        if self.task == "video":
+            out["frames"] = self.frames
+            out["mp4"] = [f"/v1/files/{self.id}/{k}.mp4" for k in range(len(self.mp4))]
+        return out
+
+    def file(self, name: str) -> tuple[bytes, str] | None:
+        """A result file by its name ("0.png", "0.gif", "0.mp4") -> (bytes, media type), or None."""
+        stem, _, suffix = name.partition(".")
+        files = {self.media: self.images, "mp4": self.mp4}.get(suffix)
+        if files is None or not (stem.isascii() and stem.isdigit()) or len(stem) > 4 or int(stem) >= len(files):
+            return None
+        return files[int(stem)], MEDIA_TYPES[suffix]
 
 
 class JobStore:
@@ -120,8 +140,10 @@ class JobStore:
         with self._lock:
             return list(self._jobs.values())
 
-    def finish(self, job: Job, state: str, images: list[bytes] | None = None, error: dict | None = None) -> None:
-        """Move a job to a terminal state (once) and emit its last event."""
+    def finish(self, job: Job, state: str, images: list[bytes] | None = None, error: dict | None = None,
+               mp4: list[bytes] | None = None) -> None:
+        """Move a job to a terminal state (once) and emit its last event (images, mp4: the result
+        files of a completed job)."""
         with job.lock:
             if job.state in TERMINAL:
                 return
@@ -129,7 +151,7 @@ class JobStore:
                 state = "cancelled"
             job.state, job.finished_at = state, self.clock()
             if state == "completed":
-                job.images, job.progress = list(images or []), 1.0
+                job.images, job.mp4, job.progress = list(images or []), list(mp4 or []), 1.0
                 job.emit("completed", {"result": job.view()["result"]})
             elif state == "failed":
                 job.error = error

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import re
 import secrets
@@ -20,22 +21,29 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ditkit.api import Pipeline
+from ditkit.core.config import SampleConfig
 from ditkit.core.images import check_pixels, check_strength
 from ditkit.core.limits import check_int, check_number, check_seed
 from ditkit.core.sampling import SAMPLER_NAMES
+from ditkit.core.video_io import DEFAULT_FPS, check_fps
+from ditkit.core.video_model import is_video_model
+from ditkit.engine.request import check_frames_for
 from ditkit.engine.velocity import fixed_text_length
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import Job
 from ditkit.serve.settings import ServeSettings
 from ditkit.tasks.pipeline_edit import INPAINT_METHODS, check_outpaint
 
-TASKS = ("generate", "inpaint", "outpaint", "vary", "edit", "fuse", "upscale")
+TASKS = ("generate", "inpaint", "outpaint", "vary", "edit", "fuse", "upscale", "video")
 SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 SEED_DRAW = 2 ** 31  # a random seed when the client gives none (returned in the job's seeds)
 
 
 def tasks_for(pipe: Pipeline) -> list[str]:
-    """What a model serves, by the condition channels it was trained with (tasks.pipeline_edit)."""
+    """What a model serves: a video model (config.frames > 0) only "video"; an image model by the
+    condition channels it was trained with (tasks.pipeline_edit)."""
+    if is_video_model(pipe.model):
+        return ["video"]
     cond = pipe.model.config.cond_channels
     if cond == 4:
         return ["inpaint", "outpaint"]
@@ -52,8 +60,14 @@ def pick_model(pipes: dict[str, Pipeline], name: str | None, task: str) -> str:
     if name not in pipes:
         raise ApiError(404, f"model {name!r} is not loaded: one of {', '.join(pipes)} (ditkit serve --models)",
                        "model", "model_not_found")
-    if task not in tasks_for(pipes[name]):
-        raise ApiError(400, f"model {name!r} does not serve task {task!r}; it serves {', '.join(tasks_for(pipes[name]))}",
+    served = tasks_for(pipes[name])
+    if task not in served:
+        why = ""
+        if task == "video":
+            why = " (videos need a video model, such as shapes-video, loaded with ditkit serve --models)"
+        elif served == ["video"]:
+            why = " (it is a video model: images need an image model, such as shapes-64)"
+        raise ApiError(400, f"model {name!r} does not serve task {task!r}; it serves {', '.join(served)}{why}",
                        "task", "unsupported_task")
     return name
 
@@ -198,7 +212,11 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
                        "invalid_value")
     sample = pipe.sample_config(steps=steps, guidance=guidance, sampler=sampler, size=size, apg=apg)  # ValueError -> 400
     seeds = seeds_for(body.get("seed"), n)
-    prompt = check_prompt(body.get("prompt"), settings, required=task == "generate")
+    # text-to-video needs a prompt; image-to-video may animate its first frame without one
+    prompt = check_prompt(body.get("prompt"), settings,
+                          required=task == "generate" or (task == "video" and "image" not in images))
+    if task == "video":
+        return video_job(pipe, name, settings, body, images.get("image"), sample, seeds, prompt)
     need = {"inpaint": ("image", "mask"), "outpaint": ("image",), "vary": ("image",), "edit": ("image",),
             "fuse": ("image", "image_b"), "upscale": ("image",)}.get(task, ())
     for key in need:
@@ -251,3 +269,25 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
         check_result(task, *(2 * side for side in images["image"].size), settings)
         args = dict(image=images["image"], prompt=prompt, sampler=sample.sampler, **common)
     return Job(task, name, args, seeds)  # steps: the task's own sampler count, known at its first step (serve.worker)
+
+
+def video_job(pipe: Pipeline, name: str, settings: ServeSettings, body: dict, first: Image.Image | None,
+              sample: SampleConfig, seeds: list[int], prompt: str) -> Job:
+    """A checked video job: n clips of `frames` frames (the model's clip length by default, at most
+    max_frames), clip j from seed + j; first: image-to-video's first frame (resized to the clip's
+    size by Pipeline.generate_video, and frame 0 of every clip exactly). Its task_args are
+    Pipeline.generate_video's keywords plus fps (of the GIF and MP4 the worker writes)."""
+    frames = body.get("frames")
+    frames = _field(check_int, "frames", pipe.model.config.frames if frames is None else frames, 1,
+                    settings.max_frames, param="frames", limit="max_frames")
+    _field(check_frames_for, pipe.model, frames, param="frames")  # a multiple of the temporal patch
+    if first is not None:
+        _field(check_frames_for, pipe.model, frames, True, param="image")  # a model that takes a first frame
+    fps = _field(check_fps, DEFAULT_FPS if body.get("fps") is None else body["fps"], param="fps")
+    n = len(seeds)
+    request = pipe.request([prompt] * n, seeds, steps=sample.steps, guidance=sample.guidance, sampler=sample.sampler,
+                           size=sample.size)
+    dataclasses.replace(request, frames=frames).check_for(pipe.model)  # the engine's own checks, before queueing
+    args = dict(prompt=[prompt] * n, frames=frames, image=first, steps=sample.steps, guidance=sample.guidance,
+                sampler=sample.sampler, size=sample.size, fps=fps)
+    return Job("video", name, args, seeds, steps=sample.steps, media="gif", frames=frames)

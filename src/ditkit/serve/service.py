@@ -10,6 +10,7 @@ from fastapi import Request
 
 from ditkit.api import Pipeline
 from ditkit.core.sampling import SAMPLER_NAMES
+from ditkit.core.video_model import is_video_model
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import TERMINAL, Job, JobStore
 from ditkit.serve.metrics import Metrics
@@ -63,10 +64,12 @@ class Service:
         out = []
         for name, pipe in self.pipes.items():
             d = pipe.defaults
+            defaults = {"steps": d.steps, "guidance": d.guidance, "sampler": d.sampler, "size": f"{d.size}x{d.size}"}
+            if is_video_model(pipe.model):  # a video model's clip length (task "video" defaults to it)
+                defaults["frames"] = pipe.model.config.frames
             out.append({"id": name, "object": "model", "owned_by": "ditkit", "tasks": tasks_for(pipe),
                         "samplers": list(SAMPLER_NAMES),  # every model samples with each (task "edit" uses euler)
-                        "defaults": {"steps": d.steps, "guidance": d.guidance, "sampler": d.sampler,
-                                     "size": f"{d.size}x{d.size}"}})
+                        "defaults": defaults})
         return out
 
     def metrics_text(self) -> str:

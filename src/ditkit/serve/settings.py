@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ditkit.core.limits import MAX_IMAGE_PIXELS, check_int, check_number
+from ditkit.core.limits import MAX_FRAMES, MAX_IMAGE_PIXELS, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class ServeSettings:
     long the worker waits for compatible jobs to fill a generate batch before starting it
     (0: start with what is queued; more trades latency at light load for fuller batches).
     max_output_pixels: the largest result of an editing task (an outpaint's canvas); an upscale's
-    result side is held to max_size."""
+    result side is held to max_size. max_frames: the most frames of one video (task "video"); a
+    clip costs about its frame count times an image, so it is held well below ditkit's own limit."""
     max_queue: int = 32
     max_batch: int = 4
     results_ttl: float = 600.0
@@ -31,6 +32,7 @@ class ServeSettings:
     max_size: int = 512
     max_guidance: float = 50.0
     max_output_pixels: int = MAX_IMAGE_PIXELS  # a result is never larger than the largest input accepted
+    max_frames: int = 16
     preview_every: int = 1
     batch_wait_ms: float = 50.0
 
@@ -42,5 +44,6 @@ class ServeSettings:
         check_number("batch_wait_ms", self.batch_wait_ms, 0.0, 10_000.0)
         check_number("max_guidance", self.max_guidance, 0.0)
         check_int("max_output_pixels", self.max_output_pixels, 1)
+        check_int("max_frames", self.max_frames, 1, MAX_FRAMES)
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: put the key in the file, or start without --api-key-file")

@@ -9,7 +9,9 @@ sampler steps (the engine's callback raises once every job in the batch is cance
 With batch_wait_ms the worker holds a generate batch that is not full for up to that long,
 so jobs submitted a moment apart share it. Previews (a small PNG of the x0 estimate) are
 made only for a job some event stream follows, every preview_every steps. The editing tasks
-report their sampler steps, previews and cancels the same way, one job at a time.
+report their sampler steps, previews and cancels the same way, one job at a time; so does a
+video job (its n clips in one Pipeline.generate_video call, each written as a GIF, and as an MP4
+when imageio-ffmpeg is installed; its preview is a grid of the first clip's frames).
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import importlib.util
 import io
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 
 from ditkit.api import Pipeline
 from ditkit.core.images import to_pil
+from ditkit.core.video_io import write_video
 from ditkit.serve.jobs import TERMINAL, Job, JobStore
 from ditkit.serve.metrics import Metrics
 from ditkit.serve.settings import ServeSettings
@@ -39,6 +45,7 @@ class Cancelled(Exception):
 
 
 PREVIEW_SIDE = 128  # previews larger than this are shrunk: they are a glance, not the result
+PREVIEW_COLUMNS = 4  # a video's preview: its frames in a grid this wide (8 frames of 32 px: 128 x 64)
 
 
 def png_bytes(image, compress_level: int = 6) -> bytes:
@@ -152,6 +159,8 @@ class ModelWorker:
             self.batches_run += 1
             if batch[0].task == "generate":
                 self._run_generate(batch)
+            elif batch[0].task == "video":
+                self._run_video(batch[0])
             else:
                 self._run_task(batch[0])
             self.metrics.batch_done(sum(j.n for j in batch if j.state == "completed"), time.monotonic() - started)
@@ -240,6 +249,33 @@ class ModelWorker:
             return
         self.store.finish(job, "cancelled" if job.cancel_requested else "completed", [png_bytes(im) for im in images])
 
+    def _run_video(self, job: Job) -> None:
+        """A video job: its n clips in one generate_video call (clip j from seed + j, max_batch clips
+        per sampler batch); step s of S is the sampler step of the current batch, progress covers
+        the whole job, and a cancel stops it before the next sampler step."""
+        args = {k: v for k, v in job.task_args.items() if k != "fps"}
+        every = self.settings.preview_every
+
+        def callback(info: dict) -> None:
+            if job.cancel_requested:
+                raise Cancelled()
+            job.steps = info["steps"]
+            shown = job.watchers > 0 and info["step"] % every == 0
+            job.report(info["step"], info["done"] / max(info["total"], 1),
+                       preview_png(info["x0"][0]) if shown else None)  # the job's first clip of this batch
+
+        try:
+            clips = self.pipe.generate_video(**args, seed=job.seeds[0], batch_size=self.settings.max_batch,
+                                             callback=callback)
+            gifs, mp4s = video_files(clips, job.task_args["fps"])
+        except Cancelled:
+            self.store.finish(job, "cancelled")
+            return
+        except Exception as e:  # noqa: BLE001 - a failing request fails alone
+            self._fail(job, e)
+            return
+        self.store.finish(job, "cancelled" if job.cancel_requested else "completed", gifs, mp4=mp4s)
+
     def _task_callback(self, job: Job, part: int, parts: int):
         """The sampler callback of an editing task's call `part` of `parts` (one per image, or one
         for vary's batch): step s of S of that call, progress over the whole job, a preview of the
@@ -258,10 +294,32 @@ class ModelWorker:
         return callback
 
 
+def video_files(clips: list[list], fps: float) -> tuple[list[bytes], list[bytes]]:
+    """Each clip (a list of PIL frames) as GIF bytes, and as MP4 bytes when imageio-ffmpeg is
+    installed (else no MP4s). core.video_io writes files, so each goes through a private temporary
+    folder the server names (removed at once); nothing a client sent is part of a path."""
+    mp4 = importlib.util.find_spec("imageio_ffmpeg") is not None
+    gifs, mp4s = [], []
+    with tempfile.TemporaryDirectory(prefix="ditkit-serve-") as folder:
+        for k, clip in enumerate(clips):
+            gifs.append(write_video(clip, Path(folder) / f"{k}.gif", fps).read_bytes())
+            if mp4:
+                mp4s.append(write_video(clip, Path(folder) / f"{k}.mp4", fps).read_bytes())
+    return gifs, mp4s
+
+
 def preview_png(x0: torch.Tensor) -> str:
-    """A (C, H, W) estimate in [-1, 1] as a base64 PNG (the live preview of the event stream):
-    at most PREVIEW_SIDE pixels a side, fastest zlib level (previews are sent, never stored)."""
-    image = to_pil(x0.detach().float().clamp(-1, 1)[None])[0]
+    """A (C, H, W) estimate in [-1, 1] (or a clip's (F, C, H, W): its frames in a grid of
+    PREVIEW_COLUMNS, row by row) as a base64 PNG (the live preview of the event stream): at most
+    PREVIEW_SIDE pixels a side, fastest zlib level (previews are sent, never stored)."""
+    x0 = x0.detach().float().clamp(-1, 1)
+    if x0.ndim == 4:  # a clip: pad to whole rows (blank frames are white) and tile
+        f, c, h, w = x0.shape
+        cols = min(f, PREVIEW_COLUMNS)
+        rows = -(-f // cols)
+        x0 = torch.cat([x0, x0.new_ones(rows * cols - f, c, h, w)])
+        x0 = x0.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+    image = to_pil(x0[None])[0]
     if max(image.size) > PREVIEW_SIDE:
         image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
     return base64.b64encode(png_bytes(image, compress_level=1)).decode()

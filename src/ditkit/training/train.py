@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ditkit.core.checkpoint import (STATE_FILE, _load_tensors, load_weights_into, read_model_config, save_model)
+from ditkit.core.checkpoint import (STATE_FILE, _load_tensors, load_weights_into, read_model_config, resolve_model,
+                                    save_model)
 from ditkit.core import lora
 from ditkit.core.conditions import check_task, downsample, inpaint_condition, inpaint_training_masks, upscale_condition
 from ditkit.core.config import Config, DiTConfig
@@ -42,6 +43,7 @@ from ditkit.core.files import LineLog, atomic_write, atomic_write_text, remove_o
 from ditkit.core.flow import (flow_loss, interpolate, posterior_mean_x0, sample_time_logit_normal,
                               velocity_target_from_x0_estimate)
 from ditkit.core.model import DiT, count_parameters, load_base_weights
+from ditkit.core.video_model import build_model, inflate_image_weights
 from ditkit.core.precision import resolve_device, training_precision
 from ditkit.data import check_data, rank_slice, training_batch
 from ditkit.data.features import open_features
@@ -108,10 +110,21 @@ def step_batch(cfg: Config, step: int, rank: int = 0, world: int = 1) -> dict:
     t = sample_time_logit_normal(n, cfg.train.time_mean, cfg.train.time_std, generator=g)
     if cfg.train.pure_noise_fraction:  # drawn after t, so batches without it are unchanged
         t = torch.where(torch.rand(n, generator=g) < cfg.train.pure_noise_fraction, 1.0, t)
+    if cfg.model.frames:
+        t = clip_times(t, x0.shape[1], torch.rand(n, generator=g) < cfg.train.first_frame_prob)
     t = t[part]
     x0_estimate = stable_target(cfg, step, x0, captions, eps, t, first=part.start) if cfg.train.stf_refs else None
     return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond,
             "x0_estimate": x0_estimate, "skipped": skipped}
+
+
+def clip_times(t: torch.Tensor, frames: int, first_given: torch.Tensor) -> torch.Tensor:
+    """Per-frame times (B, F) of a video batch: every frame at its clip's t, except frame 0 of
+    the clips in `first_given` (B,) bool, which is given clean (t = 0): image-to-video training
+    with first-frame conditioning (Wan 2.2 TI2V, LTX-Video; core/video_model.py)."""
+    times = t[:, None].repeat(1, frames)
+    times[first_given, 0] = 0.0
+    return times
 
 
 def check_stable_target(cfg: Config) -> None:
@@ -123,6 +136,9 @@ def check_stable_target(cfg: Config) -> None:
 def check_eval(cfg: Config) -> None:
     """train.eval_every runs a built-in world's benchmark (ShapesEval, the digits judge), which
     says nothing about a model of the user's own data."""
+    if cfg.train.eval_every and cfg.model.frames:
+        raise ValueError("train.eval_every runs the image benchmarks; for a video model set train.eval_every=0 and "
+                         "run `ditkit eval video` on the model afterwards")
     if cfg.train.eval_every and cfg.data.kind != "builtin":
         raise ValueError(f"train.eval_every runs the built-in worlds' benchmarks (ShapesEval, digits); with data.kind "
                          f"{cfg.data.kind!r} set train.eval_every=0 and evaluate the model afterwards "
@@ -197,7 +213,12 @@ def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.dev
     target = None
     if b.get("x0_estimate") is not None:
         target = velocity_target_from_x0_estimate(x0, eps, t, b["x0_estimate"].to(device, non_blocking=True))
-    loss = flow_loss(v, x0, eps, target).mean()
+    if t.ndim == 2:  # a clip's per-frame times: a given (t = 0) frame is the condition, not a target
+        err = ((v.float() - (eps - x0).float()) ** 2).flatten(2).mean(2)  # (B, F)
+        keep = (t > 0).float()
+        loss = (err * keep).sum() / keep.sum().clamp_min(1.0)
+    else:
+        loss = flow_loss(v, x0, eps, target).mean()
     if similarities:
         loss = loss + cfg.train.cosine_reg * torch.stack(similarities).mean()
     return loss
@@ -308,7 +329,7 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, progress: bool,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     settings = settings_from(cfg, progress)
-    model = lora.training_model(cfg, device) if cfg.train.lora else DiT(cfg.model).to(device)  # LoRA: frozen base
+    model = lora.training_model(cfg, device) if cfg.train.lora else build_model(cfg.model).to(device)  # LoRA: frozen base
     if cfg.train.init_from and not cfg.train.lora and not (resume and found is not None):
         _init_from(model, cfg)
     loop = _training_loop(model, settings, cfg, ranks)
@@ -390,7 +411,7 @@ def _full_ema(loop: TrainingLoop, cfg: Config, ranks: Ranks) -> DiT | None:
     if state is None:
         return None
     with torch.random.fork_rng(devices=[]):  # building it must not move the global RNG
-        full = DiT(cfg.model)
+        full = build_model(cfg.model)
     full.load_state_dict(state)
     return full.to(ranks.device).eval()
 
@@ -400,12 +421,17 @@ def _init_from(model: DiT, cfg: Config) -> None:
     the text-to-image base of an inpainting / upscaling model (only cond_channels differ):
     its input convolutions are widened with zeros (model.load_base_weights); or a RoPE model
     that this config turns into positions="rope+abs" (the new map stays at its zero init)."""
-    folder = Path(cfg.train.init_from)
+    folder = resolve_model(cfg.train.init_from)  # a folder or an embedded model's name
     # Through the dataclass, so keys an older config.json lacks read as their defaults.
     other = DiTConfig.from_dict(read_model_config(folder)["model"]).to_dict()
     mine = cfg.model.to_dict()
     diff = sorted(k for k in set(other) | set(mine) if other.get(k) != mine.get(k))
-    if diff == ["cond_channels"] and other["cond_channels"] == 0:
+    video = {"frames", "temporal_patch", "video_attention", "sample_size"}
+    if mine["frames"] and not other["frames"] and set(diff) <= video:
+        # An image model on every frame; the temporal layers start at zero (video_model.inflate_image_weights).
+        with torch.no_grad():
+            inflate_image_weights(model, _load_tensors(folder / "model.safetensors"))
+    elif diff == ["cond_channels"] and other["cond_channels"] == 0:
         with torch.no_grad():
             load_base_weights(model, _load_tensors(folder / "model.safetensors"))
     elif diff == ["positions"] and other["positions"] == "rope" and mine["positions"] == "rope+abs":

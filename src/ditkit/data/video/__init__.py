@@ -13,7 +13,7 @@ Parts:
 
 from __future__ import annotations
 
-from ditkit.data.video.captions import format_video_caption, object_phrase, parse_video_caption
+from ditkit.data.video.captions import format_video_caption, object_phrase, parse_video_caption, still_caption
 from ditkit.data.video.clips import clip_for_caption, clips_tensor, make_video_batch, sample_clip
 from ditkit.data.video.world import (DEFAULT_FRAMES, DEFAULT_SIZE, DIRECTIONS, GROWING, MAX_OBJECTS, MIN_CHANGE,
                                      MOTIONS, STILL, Clip, MovingObject, check_frames, frame_ok, min_growth,
@@ -22,6 +22,6 @@ from ditkit.data.video.world import (DEFAULT_FRAMES, DEFAULT_SIZE, DIRECTIONS, G
 __all__ = [
     "MOTIONS", "DIRECTIONS", "STILL", "GROWING", "DEFAULT_SIZE", "DEFAULT_FRAMES", "MAX_OBJECTS", "MIN_CHANGE",
     "MovingObject", "Clip", "check_frames", "frame_ok", "min_speed", "min_growth", "trajectory", "render_clip",
-    "object_phrase", "format_video_caption", "parse_video_caption",
+    "object_phrase", "format_video_caption", "parse_video_caption", "still_caption",
     "sample_clip", "clip_for_caption", "make_video_batch", "clips_tensor",
 ]

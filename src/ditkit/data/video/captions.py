@@ -69,3 +69,15 @@ def parse_video_caption(caption: str) -> list[tuple[str, str, str]]:
         items.append((color, shape, motion))
     _check_items(items, f"cannot parse video caption {caption!r}")
     return items
+
+
+def still_caption(caption: str) -> str:
+    """The shapes-world caption of a video caption's first frame, motions left out ("a red circle
+    moving up and a blue square growing" -> "a red circle and a blue square"): the prompt an image
+    model draws the first frame from in the text -> image -> video chain. A caption that is not a
+    moving-shapes caption is returned as it is."""
+    try:
+        items = parse_video_caption(caption)
+    except ValueError:
+        return caption
+    return " and ".join(object_phrase(c, s, m)[: -len(m) - 1] for c, s, m in items)

@@ -13,8 +13,12 @@ const tabs = [...document.querySelectorAll('[role="tab"]')];
 
 const SUBMIT_LABELS = {
   generate: "Generate", inpaint: "Inpaint", outpaint: "Outpaint", vary: "Make variations",
-  edit: "Edit", fuse: "Fuse", upscale: "Upscale",
+  edit: "Edit", fuse: "Fuse", upscale: "Upscale", video: "Make video",
 };
+// The model list names models that serve a task; with none, this example of what to load.
+const EXAMPLE_MODELS = { video: "shapes-video" };
+// The prompt the page starts with, and the video tab's (swapped only while it is still untouched).
+const PROMPTS = { image: "a red circle to the left of a blue square", video: "a red circle moving to the right" };
 // Used only when /v1/models does not list a model's samplers.
 const FALLBACK_SAMPLERS = ["euler", "heun", "dpm2m"];
 
@@ -25,19 +29,27 @@ const imageSlot = new ImageSlot(form.querySelector('[data-slot="image"]'), {
   onChange: (slot) => painter.reset(slot.canvas.width, slot.canvas.height),
 });
 const imageSlotB = new ImageSlot(form.querySelector('[data-slot="image_b"]'));
+const firstFrameSlot = new ImageSlot(form.querySelector('[data-slot="first_frame"]'), { optional: true });
 const gallery = new Gallery($("gallery"), $("gallery-empty"), {
   onReuseSeed(seed) {
     $("seed").value = seed;
     $("seed").focus();
   },
   async onUseAsInput(url) {
+    if (currentTask() === "video") { // the image becomes the video's first frame
+      await firstFrameSlot.useGallery(url);
+      $("first_frame-source").focus();
+      return;
+    }
     await imageSlot.useGallery(url); // first, so the tab does not load a sample over it
     if (currentTask() === "generate") selectTab("inpaint");
     $("image-source").focus();
   },
   onChange(items) {
-    imageSlot.setGallery(items);
-    imageSlotB.setGallery(items);
+    const stills = items.filter((item) => !item.video); // an input is an image, not a video's GIF
+    imageSlot.setGallery(stills);
+    imageSlotB.setGallery(stills);
+    firstFrameSlot.setGallery(stills);
   },
 });
 
@@ -58,6 +70,9 @@ function selectTab(tab, { focus = false } = {}) {
     if (selected && focus) button.focus();
   }
   form.setAttribute("aria-labelledby", `tab-${tab}`);
+  const prompt = $("prompt");
+  if (tab === "video" && prompt.value === PROMPTS.image) prompt.value = PROMPTS.video;
+  if (tab !== "video" && prompt.value === PROMPTS.video) prompt.value = PROMPTS.image;
   updateForm();
 }
 
@@ -73,6 +88,7 @@ function updateForm() {
   renderModels();
   if (!$("image-source").closest(".field").hidden) imageSlot.ensureImage();
   if (task === "fuse") imageSlotB.ensureImage();
+  if (task === "video") firstFrameSlot.ensureImage();
 }
 
 function onTabKey(event) {
@@ -94,18 +110,19 @@ function renderModels() {
   if (serving.some((m) => m.id === previous)) select.value = previous;
   if (state.models.length && !serving.length) {
     showFormError(`No loaded model does "${task}". Start the server with a model that does, e.g. `
-      + "ditkit serve --models shapes-64,shapes-64-inpaint,shapes-upscale.");
+      + `ditkit serve --models ${EXAMPLE_MODELS[task] || "shapes-64,shapes-64-inpaint,shapes-upscale"}.`);
   }
   $("submit").disabled = !serving.length || state.job !== null;
   if (select.value !== previous) applyDefaults();
 }
 
-/** Fill steps, guidance, sampler and size with the chosen model's defaults. */
+/** Fill steps, guidance, sampler, size (and a video model's frames) with the chosen model's defaults. */
 function applyDefaults() {
   const model = state.models.find((m) => m.id === $("model").value);
   if (!model) return;
   const defaults = model.defaults || {};
   if (defaults.steps !== undefined) $("steps").value = defaults.steps;
+  if (defaults.frames !== undefined) $("frames").value = defaults.frames;
   if (defaults.guidance !== undefined) $("guidance").value = defaults.guidance;
   const samplers = model.samplers || FALLBACK_SAMPLERS;
   $("sampler").replaceChildren(...samplers.map((s) => new Option(s, s)));
@@ -119,10 +136,13 @@ function applyDefaults() {
 
 // ---- the request ----
 
-/** True when the field of this param is shown for the current task. */
+/** The field of this param that the current task shows (the image has one per kind of slot), or null. */
+function shownField(param) {
+  return [...form.querySelectorAll(`.field[data-param~="${CSS.escape(param)}"]`)].find((f) => !f.hidden) || null;
+}
+
 function shown(param) {
-  const field = form.querySelector(`.field[data-param~="${param}"]`);
-  return field !== null && !field.hidden;
+  return shownField(param) !== null;
 }
 
 /** A number field's value: undefined when empty (the server's default), the number, or a string
@@ -139,7 +159,7 @@ function buildRequest() {
   const task = currentTask();
   const body = { task, model: $("model").value, prompt: $("prompt").value };
   // An empty seed is left out: the server draws one and returns it in the job's seeds.
-  for (const param of ["n", "steps", "guidance", "seed"]) {
+  for (const param of ["n", "steps", "guidance", "seed", "frames"]) {
     if (shown(param)) body[param] = numberValue(param);
   }
   if (shown("size") && $("size").value.trim()) body.size = $("size").value.trim();
@@ -148,7 +168,7 @@ function buildRequest() {
   if (shown("strength")) body.strength = Number($("strength").value);
   if (shown("alpha")) body.alpha = Number($("alpha").value);
   if (shown("source_prompt")) body.source_prompt = $("source_prompt").value;
-  if (shown("image")) body.image = imageSlot.dataUrl;
+  if (shown("image")) body.image = (task === "video" ? firstFrameSlot : imageSlot).dataUrl ?? undefined;
   if (shown("image_b")) body.image_b = imageSlotB.dataUrl;
   if (shown("mask")) body.mask = painter.toDataUrl();
   if (shown("left")) {
@@ -176,8 +196,8 @@ function showFormError(message) {
 
 /** Show the message next to the field the server named, or above the form when it named none. */
 function showError(param, message) {
-  const field = param ? form.querySelector(`.field[data-param~="${CSS.escape(param)}"]`) : null;
-  if (!field || field.hidden) {
+  const field = param ? shownField(param) : null;
+  if (!field) {
     showFormError(param ? `${param}: ${message}` : message);
     return;
   }
@@ -219,6 +239,8 @@ function startJob(job, meta) {
   $("job").hidden = false;
   $("progress").value = 0;
   $("preview").hidden = true;
+  $("preview").alt = meta.task === "video" ? "Live preview of the video being sampled: its frames, row by row"
+    : "Live preview of the image being sampled";
   $("cancel").disabled = false;
   setStatus(job.queue_position ? `Queued, position ${job.queue_position}` : "Queued");
   watchJob(job.id, {
@@ -237,7 +259,8 @@ function startJob(job, meta) {
     completed(finished) {
       $("progress").value = 1;
       const count = finished.result.length;
-      setStatus(`Done: ${count} image${count === 1 ? "" : "s"} added to the gallery`);
+      const noun = meta.task === "video" ? "video" : "image";
+      setStatus(`Done: ${count} ${noun}${count === 1 ? "" : "s"} added to the gallery`);
       gallery.add(finished, meta);
       endJob();
     },

@@ -60,12 +60,16 @@ async function loadImage(src) {
  * first choice, else the first sample), an upload button and a
  * canvas that shows the picture at its own size. dataUrl is what the job gets: the original PNG
  * bytes of an upload or gallery image (so kept pixels stay exact), other formats re-encoded as PNG.
+ * optional: the slot also offers "None" (value "none": dataUrl null, the canvas hidden), as the
+ * video tab's first frame does.
  */
 export class ImageSlot {
-  constructor(root, { onChange = () => {} } = {}) {
+  constructor(root, { onChange = () => {}, optional = false } = {}) {
     this.select = root.querySelector(".slot-source");
     this.file = root.querySelector(".slot-file");
     this.canvas = root.querySelector(".slot-canvas");
+    this.stack = this.canvas.closest(".canvas-stack");
+    this.optional = optional;
     this.onChange = onChange;
     this.dataUrl = null;
     this.galleryItems = [];
@@ -85,6 +89,7 @@ export class ImageSlot {
   renderOptions() {
     const current = this.select.value;
     this.select.replaceChildren();
+    if (this.optional) this.select.add(new Option("None: start from the prompt alone", "none"));
     if (this.uploadName) this.select.add(new Option(`Upload: ${this.uploadName}`, "upload"));
     SAMPLES.forEach((sample, i) => this.select.add(new Option(sample.label, `sample:${i}`)));
     for (const item of this.galleryItems) {
@@ -96,7 +101,11 @@ export class ImageSlot {
   }
 
   async useSource(value) {
-    if (value === "upload") {
+    if (value === "none") {
+      this.dataUrl = null;
+      this.stack.hidden = true;
+      this.onChange(this);
+    } else if (value === "upload") {
       await this.show(this.uploadDataUrl);
     } else if (value.startsWith("sample:")) {
       await this.show(sampleDataUrl(SAMPLES[Number(value.slice(7))]));
@@ -130,6 +139,7 @@ export class ImageSlot {
 
   async show(dataUrl) {
     this.dataUrl = dataUrl;
+    this.stack.hidden = false;
     try {
       this.drawToCanvas(await loadImage(dataUrl));
     } catch {
@@ -145,8 +155,8 @@ export class ImageSlot {
     return this.canvas;
   }
 
-  /** Show the first source (a sample) when nothing is chosen yet. */
+  /** Show the first source (a sample, or None for an optional slot) when nothing is chosen yet. */
   async ensureImage() {
-    if (!this.dataUrl) await this.useSource(this.select.value);
+    if (!this.dataUrl && this.select.value !== "none") await this.useSource(this.select.value);
   }
 }
