@@ -122,6 +122,20 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def add_video_sampling_args(p: argparse.ArgumentParser, model_help: str) -> None:
+    """The sampling flags of the video verbs (`ditkit video`, `ditkit eval video`): a video model
+    takes none of the image-only ones (APG, guidance interval, prior, cache, compile)."""
+    p.add_argument("--model", default="shapes-video", help=model_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=nonneg_float("--guidance"), help="guidance scale (default: the model's)")
+    p.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} (default: the model's)")
+    p.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
+    p.add_argument("--size", type=positive_int("--size"), help="frame side in pixels (default: the model's)")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
+    p.add_argument("--device", default="cpu")
+
+
 # ----------------------------------------------------------------------------
 # checks and files
 # ----------------------------------------------------------------------------

@@ -11,15 +11,13 @@ import numpy as np
 
 from ditkit.accel.scaling import digits_best_of_eval, get_verifier, save_best_of_outputs, shapes_best_of_eval
 from ditkit.api import Pipeline, load
-from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, check_out_dir, check_sampler,
-                               check_sampling_args, clean_out_dir, generation_kwargs, int_list, load_pipeline,
-                               nonneg_float, positive_int, read_prompts_file)
+from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, add_video_sampling_args,
+                               check_out_dir, check_sampling_args, clean_out_dir, generation_kwargs, int_list,
+                               load_pipeline, positive_int, read_prompts_file)
 from ditkit.core.config import SampleConfig
 from ditkit.core.guidance import APG
 from ditkit.core.limits import check_seed
-from ditkit.core.precision import check_precision
 from ditkit.core.progress import progress_bar, progress_callback
-from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.data import digits, emoji
 from ditkit.engine.cache import parse_cache_spec
 from ditkit.evaluation.emoji_eval import emoji_eval, save_emoji_outputs
@@ -96,8 +94,7 @@ def add_parsers(sub) -> None:
 
     ev = esub.add_parser("video", help="video model: per-frame objects, motion, temporal consistency, first-frame "
                                        "PSNR (text-to-video and image-to-video)")
-    ev.add_argument("--model", default="shapes-video", help="video model: embedded name or model folder "
-                                                            "(default shapes-video)")
+    add_video_sampling_args(ev, "video model: embedded name or model folder (default shapes-video)")
     ev.add_argument("--per-category", type=positive_int("--per-category"), default=25,
                     help="prompts per category (single_move, single_still, single_growing, two_object; default 25)")
     ev.add_argument("--mode", choices=MODES, default="both",
@@ -105,14 +102,6 @@ def add_parsers(sub) -> None:
     ev.add_argument("--batch-size", type=positive_int("--batch-size"), default=8, help="videos per forward batch")
     ev.add_argument("--out-dir", help="save results.json, report.md, frame grids (PNG) and one GIF per video here")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: the model's)")
-    ev.add_argument("--guidance", type=nonneg_float("--guidance"), help="guidance scale (default: the model's)")
-    ev.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} (default: the model's)")
-    ev.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
-    ev.add_argument("--size", type=positive_int("--size"), help="frame side in pixels (default: the model's)")
-    ev.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
-    ev.add_argument("--device", default="cpu")
     add_debug(ev)
     ev.set_defaults(handler=cmd_eval_video)
 
@@ -281,11 +270,8 @@ def _trained_on(config: dict) -> Path:
 
 
 def cmd_eval_video(args: argparse.Namespace) -> int:
-    check_sampler(args.sampler)
+    check_sampling_args(args)
     check_seed(args.seed)
-    check_precision(args.precision, args.device)
-    if args.shift is not None and args.shift <= 0:
-        raise UserError(f"--shift must be > 0, got {args.shift}")
     check_out_dir(args.out_dir)
     if args.out_dir:
         clean_out_dir(args.out_dir, subfolders=("t2v", "i2v"))

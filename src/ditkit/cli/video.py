@@ -18,13 +18,11 @@ import re
 from pathlib import Path
 
 from ditkit.api import resolve_model
-from ditkit.cli.common import (UserError, add_debug, check_out_dir, check_sampler, load_pipeline, nonneg_float,
-                               positive_int)
+from ditkit.cli.common import (UserError, add_debug, add_video_sampling_args, check_out_dir, check_sampling_args,
+                               load_pipeline)
 from ditkit.core.images import load_image
 from ditkit.core.limits import MAX_FRAMES, check_int, check_seed
-from ditkit.core.precision import check_precision
 from ditkit.core.progress import progress_bar, progress_callback
-from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.core.video_io import DEFAULT_FPS, check_fps, check_video_output, mp4_scale, write_video
 
 DEFAULT_MODEL = "shapes-video"
@@ -37,8 +35,7 @@ def add_parsers(sub) -> None:
     v.add_argument("-o", "--output", required=True,
                    help="OUT.gif, OUT.mp4 (needs imageio-ffmpeg: pip install 'ditkit[video]') or a folder "
                         "(OUT/ or a path without a suffix: frame_000.png, frame_001.png, ...)")
-    v.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"video model: embedded name or model folder (default {DEFAULT_MODEL})")
+    add_video_sampling_args(v, f"video model: embedded name or model folder (default {DEFAULT_MODEL})")
     v.add_argument("--frames", type=frames_arg, help=f"frames of the clip, 1 to {MAX_FRAMES} (default: the model's)")
     first = v.add_mutually_exclusive_group()
     first.add_argument("--image", metavar="FIRST.png",
@@ -46,19 +43,11 @@ def add_parsers(sub) -> None:
     first.add_argument("--image-model", metavar="NAME_OR_DIR",
                        help="text -> image -> video: this image model (e.g. shapes-64) draws frame 0 from the "
                             "prompt with its motions left out, then the video model animates it")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: the model's)")
-    v.add_argument("--guidance", type=nonneg_float("--guidance"), help="guidance scale (default: the model's)")
-    v.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} (default: the model's)")
-    v.add_argument("--shift", type=float, help="timestep shift (default: the model's)")
-    v.add_argument("--size", type=positive_int("--size"), help="frame side in pixels (default: the model's)")
     v.add_argument("--fps", type=fps_arg, default=float(DEFAULT_FPS),
                    help=f"frames per second of a GIF or MP4, 0.5 to 60 (default {DEFAULT_FPS})")
     v.add_argument("--overwrite", action="store_true",
                    help="let a folder output hold the frames (frame_NNN.png) of an earlier clip: they are removed "
                         "once the new clip is sampled")
-    v.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
-    v.add_argument("--device", default="cpu")
     add_debug(v)
     v.set_defaults(handler=cmd_video)
 
@@ -83,11 +72,8 @@ def fps_arg(text: str) -> float:
 
 def cmd_video(args: argparse.Namespace) -> int:
     out, kind = check_video_path(args.output, args.overwrite)
-    check_sampler(args.sampler)
+    check_sampling_args(args)
     check_seed(args.seed)
-    check_precision(args.precision, args.device)
-    if args.shift is not None and args.shift <= 0:
-        raise UserError(f"--shift must be > 0, got {args.shift}")
     # the conditioning image is decoded now, not after the model has loaded: a missing or broken
     # file fails at once (and is read once)
     image = load_image(args.image, "--image") if args.image else None
