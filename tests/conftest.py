@@ -196,3 +196,20 @@ def box_mask(w, h, box):
     x0, y0, x1, y1 = box
     m[y0:y1, x0:x1] = 255
     return Image.fromarray(m)
+
+
+def save_tiny_control(base_folder, folder, condition: str = "edges", blocks: int = 1, perturb: bool = True):
+    """Save a control model (core/control.py) for the model folder `base_folder` into `folder`;
+    perturb=True moves every weight (the zero projections too) off its init, so the control
+    changes the output. Returns the folder."""
+    from ditkit.core.checkpoint import load_model
+    from ditkit.core.control import ControlNet, save_control
+    from ditkit.core.lora import base_info
+
+    base, _ = load_model(base_folder)
+    torch.manual_seed(2)
+    net = ControlNet.from_base(base, condition, blocks)
+    if perturb:
+        perturb_(net, std=0.05, seed=3)
+    save_control(folder, net, base_info(base, str(base_folder)))
+    return folder

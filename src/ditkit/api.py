@@ -30,6 +30,7 @@ from ditkit.data.video import still_caption
 from ditkit.core.precision import resolve_device
 from ditkit.engine.cache import SCHEDULE_FILE
 from ditkit.engine.calibration import calibrate_smooth
+from ditkit.engine.control import ControlSpec, applied_controls
 from ditkit.engine.generate import Engine, ProgressCallback
 from ditkit.engine.prompts import default_prompts, model_dataset
 from ditkit.engine.request import GenerationRequest, check_frames_for, prompt_list
@@ -97,7 +98,8 @@ class Pipeline:
                  batch_size: int = 16, callback: ProgressCallback | None = None,
                  best_of: int = 1, verifier: "str | Verifier | None" = None,
                  cache: str | None = None, prior_until: float | None = None,
-                 prior_model: str | None = None) -> list[Image.Image]:
+                 prior_model: str | None = None,
+                 control: Sequence[ControlSpec] | None = None) -> list[Image.Image]:
         """Generate num_images images per prompt. An empty prompt means unconditional.
         Image k of prompt j uses seed + j * num_images + k.
 
@@ -120,7 +122,8 @@ class Pipeline:
         flat = [p for p in prompts for _ in range(num_images)]
         kwargs = dict(steps=steps, guidance=guidance, apg=apg, sampler=sampler, seed=seed, size=size, shift=shift,
                       guidance_interval=guidance_interval, precision=precision, batch_size=batch_size,
-                      callback=callback, cache=cache, prior_until=prior_until, prior_model=prior_model)
+                      callback=callback, cache=cache, prior_until=prior_until, prior_model=prior_model,
+                      control=control)
         if best_of != 1 or verifier is not None:
             return self.generate_best_of(flat, best_of, verifier, **kwargs).images
         return to_pil(self._sample(flat, seed, **kwargs))  # image i: seed + i (request.seed_list)
@@ -142,14 +145,17 @@ class Pipeline:
 
     def request(self, prompts: Sequence[str], seeds: int | Sequence[int], steps=None, guidance=None, apg=None,
                 sampler=None, size=None, shift=None, guidance_interval=None, precision="fp32", batch_size=16,
-                cache=None, prior_until=None, prior_model=None) -> GenerationRequest:
+                cache=None, prior_until=None, prior_model=None, control=None) -> GenerationRequest:
         """The GenerationRequest of generate's arguments over this model's defaults (apg: True for
-        the default APG settings, or an APG)."""
+        the default APG settings, or an APG; control: see generate)."""
         apg_cfg = apg if isinstance(apg, APG) else (APG() if apg else None)
         sample = self.sample_config(steps, guidance, sampler, size, shift, apg_cfg is not None,
                                     prior_until=prior_until, prior_model=prior_model)
-        return GenerationRequest.from_sample(prompts, sample, seeds, apg_cfg, guidance_interval, precision,
-                                             batch_size, cache)
+        request = GenerationRequest.from_sample(prompts, sample, seeds, apg_cfg, guidance_interval, precision,
+                                                batch_size, cache)
+        if control:
+            request = replace(request, controls=applied_controls(self.engine, control, request.size))
+        return request
 
     def _sample(self, prompts: list[str], seeds: int | list[int], callback: ProgressCallback | None = None,
                 seed=None, **kwargs) -> torch.Tensor:

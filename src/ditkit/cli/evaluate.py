@@ -1,4 +1,4 @@
-"""`ditkit eval shapes|digits|fwd|edit|emoji|video`: the benchmarks (ditkit.evaluation; best-of-N curves
+"""`ditkit eval shapes|digits|fwd|edit|emoji|video|control`: the benchmarks (ditkit.evaluation; best-of-N curves
 from ditkit.accel.scaling). The verbs check arguments, call the evaluation and print JSON."""
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_arg
                                check_out_dir, check_sampling_args, clean_out_dir, generation_kwargs, int_list,
                                load_pipeline, positive_int, read_prompts_file)
 from ditkit.core.config import SampleConfig
+from ditkit.core.control import check_scale
+from ditkit.core.control_maps import CONDITIONS, check_condition
 from ditkit.core.guidance import APG
 from ditkit.core.limits import check_seed
 from ditkit.core.progress import progress_bar, progress_callback
 from ditkit.data import digits, emoji
 from ditkit.engine.cache import parse_cache_spec
+from ditkit.evaluation.control_eval import FOLDERS as CONTROL_FOLDERS, control_eval, resolve_eval_control
+from ditkit.evaluation.control_eval import summary_table as control_summary_table
 from ditkit.evaluation.emoji_eval import emoji_eval, save_emoji_outputs
 from ditkit.evaluation.edit_eval import EDIT_TASKS, edit_eval, save_edit_outputs
 from ditkit.evaluation.evaluate import benchmark_prompts_for, digits_eval, digits_fwd, shapes_eval
@@ -105,9 +109,24 @@ def add_parsers(sub) -> None:
     add_debug(ev)
     ev.set_defaults(handler=cmd_eval_video)
 
+    ec = esub.add_parser("control", help="control models: fidelity to the condition (mask or box IoU, edge F1), "
+                                         "object correctness and ShapesEval, with the control against text alone")
+    ec.add_argument("--condition", required=True, metavar="KIND", help=f"the condition: {', '.join(CONDITIONS)}")
+    ec.add_argument("--control-model", metavar="NAME_OR_DIR",
+                    help="the control model: embedded name or folder (default: the embedded <model>-control-KIND)")
+    ec.add_argument("--scale", type=float, default=1.0, help="control scale >= 0 (default 1; 0 = the base alone)")
+    ec.add_argument("--per-category", type=positive_int("--per-category"), default=6,
+                    help="ShapesEval prompts per category (default 6)")
+    ec.add_argument("--out-dir", help="save control/, text_only/, condition/ images, grid.png, results.json and "
+                                      "report.md here")
+    ec.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
+    add_sampling_args(ec)
+    add_debug(ec)
+    ec.set_defaults(handler=cmd_eval_control)
+
 
 def _no_benchmark(args: argparse.Namespace) -> int:
-    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit|emoji|video")
+    raise UserError("choose a benchmark: ditkit eval shapes|digits|fwd|edit|emoji|video|control")
 
 
 def _prepare_out_dir(path: str | None) -> None:
@@ -295,4 +314,33 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
               f"{s['size']}x{s['size']}, {s['steps']} steps, guidance {s['guidance']:g}"
               + (f"; wrote {args.out_dir}" if args.out_dir else ""))
         print(summary_table(result))
+    return 0
+
+
+def cmd_eval_control(args: argparse.Namespace) -> int:
+    kind = check_condition(args.condition)
+    scale = check_scale(args.scale)
+    check_sampling_args(args)
+    check_seed(args.seed)
+    check_out_dir(args.out_dir)
+    if args.out_dir:
+        clean_out_dir(args.out_dir, subfolders=CONTROL_FOLDERS)
+    pipe = load_pipeline(args)
+    resolve_eval_control(pipe.engine, kind, args.control_model)  # a missing control fails before the bar opens
+    kwargs = {k: v for k, v in generation_kwargs(args, pipe).items() if k != "seed"}
+    steps = pipe.sample_config(args.steps).steps
+    with progress_bar("eval control", 2 * 4 * args.per_category * steps) as cb:
+        result = control_eval(pipe, kind, args.per_category, args.seed, args.control_model, scale, args.out_dir,
+                              callback=progress_callback(cb), command=args.command_line, **kwargs)
+    summary = {k: v for k, v in result.items() if k not in ("images", "per_image")}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        s = result["settings"]
+        print(f"{pipe.source}: {kind} control {s['control_model']} at scale {s['scale']:g}, "
+              f"{result['counts']['prompts']} prompts ({result['counts']['objects']} objects), {s['steps']} steps, "
+              f"guidance {s['guidance']:g}, {s['size']}x{s['size']}")
+        print(control_summary_table(result))
+    if args.out_dir:
+        print(f"wrote {Path(args.out_dir) / 'results.json'}")
     return 0

@@ -22,6 +22,7 @@ from ditkit.cli.common import (PromptsFile, UserError, add_debug, add_sampling_a
 from ditkit.cli.ranks import barriers, rank_device, torchrun_ranks
 from ditkit.core.lora import check_scale
 from ditkit.core.progress import progress_bar, progress_callback
+from ditkit.engine.control import parse_control_spec
 
 # Images per forward batch of a --prompts-file run (Pipeline.generate's default). The run
 # streams: each slice of whole batches is written before the next is sampled.
@@ -45,9 +46,21 @@ def add_parsers(sub) -> None:
     g.add_argument("--lora", action="append", type=lora_spec, metavar="DIR[:SCALE]",
                    help="a LoRA adapter folder or embedded adapter name (shapes-64-lora-pink), with an optional "
                         "scale (default 1; 0 = off); repeat to add several (docs/lora.md)")
+    g.add_argument("--control", action="append", type=control_spec, metavar="KIND:IMAGE[:SCALE]",
+                   help="a ControlNet-Transformer control: KIND edges, boxes or seg (the embedded <model>-control-KIND) "
+                        "or a control model folder, a condition map (make one with `ditkit control-map`) and an "
+                        "optional scale (default 1; 0 = off); repeat to add several (docs/control.md)")
     add_sampling_args(g)
     add_debug(g)
     g.set_defaults(handler=cmd_generate)
+
+
+def control_spec(text: str) -> tuple[str, str, float]:
+    """--control KIND:IMAGE[:SCALE] -> (KIND or control model, IMAGE, SCALE)."""
+    try:
+        return parse_control_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -62,7 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError("give an output path with -o OUT.png")
     out = check_output_file(args.output)
     pipe = load_with_loras(args)
-    kwargs = generation_kwargs(args, pipe)
+    kwargs = with_controls(generation_kwargs(args, pipe), args)
     steps = pipe.sample_config(args.steps).steps
     with progress_bar("generate", steps * args.num_images * args.best_of) as cb:
         images = pipe.generate(args.prompt, num_images=args.num_images, callback=progress_callback(cb), **kwargs)
@@ -84,6 +97,11 @@ def lora_spec(text: str) -> tuple[str, float]:
         return folder, check_scale(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--lora {text!r}: {e}") from None
+
+
+def with_controls(kwargs: dict, args: argparse.Namespace) -> dict:
+    """generate's keyword arguments with the --control list (one condition map for every image)."""
+    return {**kwargs, "control": list(args.control)} if args.control else kwargs
 
 
 def load_with_loras(args: argparse.Namespace):
@@ -112,7 +130,7 @@ def _generate_prompts_file(args: argparse.Namespace) -> int:
         raise UserError(f"--out-dir {args.out_dir!r} already holds {len(stale)} numbered images ({stale[0].name} ...) "
                         "from an earlier run; give --overwrite to remove them first, or choose another folder")
     pipe = load_with_loras(args)
-    kwargs = generation_kwargs(args, pipe)
+    kwargs = with_controls(generation_kwargs(args, pipe), args)
     with barriers(ranks) as barrier:
         barrier()  # every rank has checked the folder before rank 0 changes it
         if ranks.main:  # every check has passed: only now touch the folder

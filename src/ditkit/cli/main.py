@@ -13,7 +13,7 @@ import argparse
 import shlex
 import sys
 
-from ditkit.cli import analyze, data, edit, evaluate, generate, info, serve, train, video
+from ditkit.cli import analyze, control, data, edit, evaluate, generate, info, serve, train, video
 from ditkit.cli.common import CliParser, run_handler
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", parser_class=CliParser)
     # the order `ditkit --help` lists them
-    for group in (generate, video, evaluate, edit, info, analyze, train, data, serve):
+    for group in (generate, control, video, evaluate, edit, info, analyze, train, data, serve):
         group.add_parsers(sub)
     return parser
 

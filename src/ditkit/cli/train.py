@@ -64,7 +64,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _result_folder(cfg) -> dict:
-    """Where the run's result is: the model folder, or the adapter folder of a train.lora run."""
+    """Where the run's result is: the model folder, the adapter folder of a train.lora run, or the
+    control folder of a train.control run."""
     if cfg.train.lora:
         return {"lora": str(Path(cfg.train.output_dir) / "lora")}
+    if cfg.train.control is not None:
+        return {"control": str(Path(cfg.train.output_dir) / "control")}
     return {"model": str(Path(cfg.train.output_dir) / "model")}

@@ -20,6 +20,7 @@ from typing import get_type_hints
 import yaml
 
 from ditkit.core.conditions import TASKS
+from ditkit.core.control_maps import CONDITIONS
 from ditkit.core.limits import MAX_FRAMES, MAX_SIZE, MAX_STEPS, check_int, check_interval, check_number, check_seed
 from ditkit.core.precision import check_device_name
 from ditkit.core.sampling import SAMPLER_NAMES
@@ -280,6 +281,22 @@ class LoraSettings:
 
 
 @dataclass
+class ControlSettings:
+    """train.control: train a ControlNet-Transformer (PixArt-delta; core/control.py) on a frozen
+    base model (train.init_from): trainable copies of its first `blocks` blocks that read a
+    condition map of kind `condition` (core/control_maps.py), rendered from the shapes world's
+    ground truth on the fly. Checkpoints then hold the control model (RUN/control)."""
+    condition: str = "edges"
+    blocks: int = 0                 # copied blocks; 0: half the base's depth (PixArt-delta copies 13 of 28)
+
+    def __post_init__(self) -> None:
+        check_number_fields(self, "train.control")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"unknown train.control.condition {self.condition!r}; allowed: {', '.join(CONDITIONS)}")
+        self.blocks = check_int("train.control.blocks", self.blocks, 0, 64)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/shapes-64"
     steps: int = 20000
@@ -328,10 +345,23 @@ class TrainConfig:
     # a video model: the share of clips whose first frame is given clean (t = 0, no loss on it),
     # so one model also serves image-to-video (core/video_model.py, docs/video.md)
     first_frame_prob: float = 0.0
+    # a ControlNet-Transformer on the frozen train.init_from model (ControlSettings: condition,
+    # blocks); absent = train the model itself. Checkpoints then hold the control model (RUN/control).
+    control: ControlSettings | None = None
 
     def __post_init__(self) -> None:
         check_number_fields(self, "train")
         self.first_frame_prob = check_number("train.first_frame_prob", self.first_frame_prob, 0.0, 1.0)
+        if isinstance(self.control, dict):
+            self.control = _from_dict(ControlSettings, self.control, "train.control")
+        elif self.control is not None and not isinstance(self.control, ControlSettings):
+            raise ValueError(f"train.control must be a mapping (condition, blocks), got {self.control!r}")
+        if self.control is not None:
+            if not self.init_from:
+                raise ValueError("train.control trains a control model for a base model: set train.init_from to "
+                                 "its folder or an embedded name (e.g. shapes-64)")
+            if self.lora is not None or self.task != "generate":
+                raise ValueError("train.control trains with train.task generate and without train.lora")
         if isinstance(self.lora, dict):
             self.lora = _from_dict(LoraSettings, self.lora, "train.lora")
         elif self.lora is not None and not isinstance(self.lora, LoraSettings):

@@ -23,8 +23,10 @@ import torch
 
 from ditkit.core.checkpoint import load_model, resolve_model
 from ditkit.core.config import SampleConfig
+from ditkit.core.control import ControlInfo, ControlNet, ControlledModel, check_control_base, load_control
 from ditkit.core.encoders import TextEncoder
 from ditkit.core.guidance import Velocity
+from ditkit.core.lora import base_fingerprint
 from ditkit.core.precision import model_for
 from ditkit.core.sampling import StepInfo, get_sampler, pure_noise_prior, timesteps
 from ditkit.engine.cache import CachedModel, parse_cache_spec
@@ -85,6 +87,8 @@ class Engine:
         self._encoder: TextEncoder | None = encoder if loaded else None
         self._load_encoder = None if loaded else encoder
         self._priors: dict[str, torch.nn.Module] = {}
+        self._controls: dict[str, tuple[ControlNet, ControlInfo]] = {}
+        self._fingerprint: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -115,6 +119,18 @@ class Engine:
             if name_or_path not in self._priors:
                 self._priors[name_or_path] = load_prior(name_or_path, self.model, self.device)
             return self._priors[name_or_path]
+
+    def control_model(self, name_or_path: str) -> tuple[ControlNet, ControlInfo]:
+        """A control model (core/control.py), loaded on first use and kept, checked against this
+        engine's model (config and weights): one trained for another base is refused."""
+        with self._lock:
+            if name_or_path not in self._controls:
+                net, info = load_control(name_or_path, self.device)
+                if self._fingerprint is None:
+                    self._fingerprint = base_fingerprint(self.model)
+                check_control_base(info, self.model, self.source or "the loaded model", self._fingerprint)
+                self._controls[name_or_path] = (net, info)
+            return self._controls[name_or_path]
 
     def cache_factory(self, cache: CacheSetting) -> CacheFactory | None:
         """A request's cache setting as a factory of fresh policies (a spec string is parsed
@@ -152,7 +168,11 @@ class Engine:
                 chunk += [""] * (b - rows)
                 x = torch.cat([x, x.new_zeros(b - rows, *x.shape[1:])])
                 given = torch.cat([given, given.new_zeros(b - rows, *given.shape[1:])]) if given is not None else None
-            net = CachedModel(runner, make_cache()) if make_cache else runner
+            policy = make_cache() if make_cache else None
+            if request.controls:  # control models add their residuals to the blocks (core/control.py)
+                net = ControlledModel(runner, request.controls, policy)
+            else:
+                net = CachedModel(runner, policy) if policy is not None else runner
             if given is not None:  # image-to-video: frame 0 is the given frame at t = 0 (engine/video.py)
                 net = FirstFrameModel(net, given)
                 x = torch.cat([given[:, None], x[:, 1:]], dim=1)

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence, Union
 import torch
 
 from ditkit.core.config import SampleConfig
+from ditkit.core.control import AppliedControl
 from ditkit.core.guidance import APG
 from ditkit.core.limits import MAX_BATCH_SIZE, MAX_FRAMES, check_int, check_seed
 from ditkit.core.precision import check_precision
@@ -100,7 +101,11 @@ class GenerationRequest:
 
     frames: a video model's clip length (0 for an image model; engine/video.py). first_frames:
     image-to-video, the given first frame of each video, (N, C, size, size) in [-1, 1], or None
-    for text-to-video."""
+    for text-to-video.
+
+    controls: ControlNet-Transformer controls (core/control.py), each a control model, its
+    condition map (1, 3, size, size) shared by every image, and a scale; engine/control.py builds
+    them from (kind or model, image, scale)."""
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     size: int = SampleConfig.size  # the defaults are SampleConfig's, written once there
@@ -118,6 +123,7 @@ class GenerationRequest:
     fixed_shape: bool = False
     frames: int = 0
     first_frames: torch.Tensor | None = None
+    controls: tuple[AppliedControl, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the checks store each value in its canonical type
@@ -139,6 +145,9 @@ class GenerationRequest:
         set_(self, "frames", check_int("frames", self.frames, 0, MAX_FRAMES))
         if self.first_frames is not None:
             check_first_frames(self.first_frames, len(self.prompts), self.size)
+        set_(self, "controls", tuple(self.controls))
+        if not all(isinstance(c, AppliedControl) for c in self.controls):
+            raise ValueError("controls must be AppliedControl values (engine.control.applied_controls builds them)")
 
     @classmethod
     def from_sample(cls, prompts: Sequence[str], sample: SampleConfig, seed: int | Sequence[int] = 0,
@@ -166,6 +175,14 @@ class GenerationRequest:
         if self.frames and (self.cache is not None or self.uses_prior):
             raise ValueError("feature caches and prior steps (cache, prior_until, prior_model) are for image models; "
                              "a video request takes neither")
+        for c in self.controls:
+            if self.frames:
+                raise ValueError("control works with image models, not video requests")
+            if c.net.base_config.to_dict() != model.config.to_dict():
+                raise ValueError("a control model of the request was made for another base model's architecture")
+            if tuple(c.condition.shape[-2:]) != (self.size, self.size):
+                raise ValueError(f"a control's condition map is {tuple(c.condition.shape[-2:])}, the images "
+                                 f"{self.size}x{self.size}: they must match")
         p = model.config.patch_size
         if self.size % p or not p <= self.size <= 1024:
             raise ValueError(f"size {self.size} must be a multiple of the patch size {p} between {p} and 1024")

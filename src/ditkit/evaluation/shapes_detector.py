@@ -88,7 +88,7 @@ def _as_rgb_array(image: Any) -> np.ndarray:
     return arr
 
 
-def _classify_pixels(arr: np.ndarray, colors: tuple[str, ...] = BASE_COLORS) -> np.ndarray:
+def classify_pixels(arr: np.ndarray, colors: tuple[str, ...] = BASE_COLORS) -> np.ndarray:
     """Per-pixel index into `colors` (H, W) int8, -1 for background or unrecognized pixels."""
     h, w, _ = arr.shape
     u, u_norm2 = _color_lines(colors)
@@ -174,7 +174,7 @@ def detect(image: Any, colors: Sequence[str] | None = None) -> list[Detection]:
 
     colors = check_colors(colors)
     arr = _as_rgb_array(image)
-    labels = _classify_pixels(arr, colors)
+    labels = classify_pixels(arr, colors)
     min_area = _min_area(min(arr.shape[:2]))
     found: list[Detection] = []
     for k in np.unique(labels):

@@ -35,11 +35,14 @@ import torch
 
 from ditkit.core.checkpoint import (STATE_FILE, _load_tensors, load_weights_into, read_model_config, resolve_model,
                                     save_model)
+from ditkit.core import control as control_model
 from ditkit.core import lora
 from ditkit.core.conditions import check_task, downsample, inpaint_condition, inpaint_training_masks, upscale_condition
 from ditkit.core.config import Config, DiTConfig
+from ditkit.core.control_maps import condition_map, maps_tensor, scene_map
 from ditkit.core.encoders import get_text_encoder
-from ditkit.core.files import LineLog, atomic_write, atomic_write_text, remove_orphan_temps
+from ditkit.core.files import LineLog, atomic_write_text, remove_orphan_temps
+from ditkit.core.images import to_pil
 from ditkit.core.flow import (flow_loss, interpolate, posterior_mean_x0, sample_time_logit_normal,
                               velocity_target_from_x0_estimate)
 from ditkit.core.model import DiT, count_parameters, load_base_weights
@@ -54,6 +57,7 @@ from ditkit.training.distributed import start as start_ranks
 from ditkit.training.loop import (NonFiniteLoss, TrainingLoop, TrainSettings, build_adamw, step_generator,
                                   training_autocast)
 from ditkit.training.loop import lr_at as schedule_lr_at
+from ditkit.training.plots import plot_loss_curve
 from ditkit.training.sharded_state import POINTER, latest_state, remove_stale_states
 
 
@@ -88,7 +92,7 @@ def step_batch(cfg: Config, step: int, rank: int = 0, world: int = 1) -> dict:
     "skipped": unreadable samples of the user's data replaced in this slice (data.training_batch)."""
     task, size, n, seed = cfg.train.task, step_size(cfg, step), cfg.train.batch_size, cfg.train.seed
     part = rank_slice(n, rank, world)
-    cond, skipped = None, 0
+    cond, control, skipped = None, None, 0
     if task == "inpaint":  # its masks are drawn one after another over the global batch: draw it whole, then slice
         scenes = None
         if getattr(cfg.data, "kind", "builtin") == "builtin" and cfg.data.dataset == "shapes":
@@ -98,11 +102,19 @@ def step_batch(cfg: Config, step: int, rank: int = 0, world: int = 1) -> dict:
             x0, captions = training_batch(cfg.data, seed, step, n, size)
         mask, captions = inpaint_training_masks(np.random.default_rng([seed, step, 2]), size, scenes, captions)
         x0, captions, cond = x0[part], captions[part], inpaint_condition(x0[part], mask[part])
+    elif cfg.train.control is not None and _shapes_data(cfg):  # the condition from the scenes' ground truth
+        x0, scenes = make_scene_batch(seed, step, n, size, cfg.data.mix)
+        x0, scenes = x0[part], scenes[part]
+        captions = [sc.caption for sc in scenes]
+        images = [np.asarray(im) for im in to_pil(x0)]
+        control = maps_tensor([scene_map(cfg.train.control.condition, sc, size, im) for sc, im in zip(scenes, images)])
     else:
         batch = training_batch(cfg.data, seed, step, n, size, rank, world)
         (x0, captions), skipped = batch, getattr(batch, "skipped", 0)
         if task == "upscale":
             cond = upscale_condition(downsample(x0))
+        if cfg.train.control is not None:  # the user's images: the condition made from each image
+            control = maps_tensor([condition_map(cfg.train.control.condition, im) for im in to_pil(x0)])
     g = step_generator(seed, step, stream=1)
     drop = (torch.rand(n, generator=g) < cfg.train.cfg_dropout)[part]
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -114,8 +126,12 @@ def step_batch(cfg: Config, step: int, rank: int = 0, world: int = 1) -> dict:
         t = clip_times(t, x0.shape[1], torch.rand(n, generator=g) < cfg.train.first_frame_prob)
     t = t[part]
     x0_estimate = stable_target(cfg, step, x0, captions, eps, t, first=part.start) if cfg.train.stf_refs else None
-    return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond,
+    return {"step": step, "x0": x0, "captions": captions, "eps": eps, "t": t, "cond": cond, "control": control,
             "x0_estimate": x0_estimate, "skipped": skipped}
+
+
+def _shapes_data(cfg: Config) -> bool:
+    return getattr(cfg.data, "kind", "builtin") == "builtin" and cfg.data.dataset == "shapes"
 
 
 def clip_times(t: torch.Tensor, frames: int, first_given: torch.Tensor) -> torch.Tensor:
@@ -139,6 +155,9 @@ def check_eval(cfg: Config) -> None:
     if cfg.train.eval_every and cfg.model.frames:
         raise ValueError("train.eval_every runs the image benchmarks; for a video model set train.eval_every=0 and "
                          "run `ditkit eval video` on the model afterwards")
+    if cfg.train.eval_every and cfg.train.control is not None:
+        raise ValueError("train.eval_every runs ShapesEval without a condition; for a control run set "
+                         "train.eval_every=0 and run `ditkit eval control` on the control model afterwards")
     if cfg.train.eval_every and cfg.data.kind != "builtin":
         raise ValueError(f"train.eval_every runs the built-in worlds' benchmarks (ShapesEval, digits); with data.kind "
                          f"{cfg.data.kind!r} set train.eval_every=0 and evaluate the model afterwards "
@@ -208,8 +227,9 @@ def training_loss(model: DiT, cfg: Config, encoder, step: int, device: torch.dev
     cond = b["cond"].to(device, non_blocking=True) if b["cond"] is not None else None
     similarities: list[torch.Tensor] = []
     runner = _similarity_recorder(similarities) if cfg.train.cosine_reg else None
+    extra = {"control": b["control"].to(device, non_blocking=True)} if b.get("control") is not None else {}
     with training_autocast(cfg.train.precision, device):
-        v = model(interpolate(x0, eps, t), t, context, mask, block_runner=runner, cond=cond)
+        v = model(interpolate(x0, eps, t), t, context, mask, block_runner=runner, cond=cond, **extra)
     target = None
     if b.get("x0_estimate") is not None:
         target = velocity_target_from_x0_estimate(x0, eps, t, b["x0_estimate"].to(device, non_blocking=True))
@@ -257,34 +277,6 @@ def _truncate_log(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
-def plot_loss_curve(log_path: Path, out_png: Path) -> None:
-    import matplotlib  # why here: optional and slow to import; only checkpoints draw the curve
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # why here: after matplotlib.use("Agg")
-
-    rows = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
-    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    metric = "digits_accuracy" if any("digits_accuracy" in r for r in rows) else "shapes_eval"
-    evals = [(r["step"], r[metric]) for r in rows if metric in r]
-    if not losses:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*losses), lw=0.8, label="train loss")
-    ax.set_xlabel("step"), ax.set_ylabel("flow-matching loss"), ax.set_yscale("log")
-    if evals:
-        ax2 = ax.twinx()
-        label = "digit accuracy" if metric == "digits_accuracy" else "ShapesEval overall"
-        ax2.plot(*zip(*evals), "o-", color="tab:red", label=label)
-        ax2.set_ylabel(label), ax2.set_ylim(0, 1)
-    ax.set_title(log_path.parent.name)
-    fig.tight_layout()
-    try:
-        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-
-
 def train(cfg: Config, resume: bool = False, progress: bool = True,
           on_step: Callable[[int, float], None] | None = None, stop_after: int | None = None) -> dict:
     """Train per `cfg`; returns {"step", "loss"}. `stop_after` ends the run early after that many
@@ -329,8 +321,13 @@ def _train(cfg: Config, ranks: Ranks, resume: bool, progress: bool,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     settings = settings_from(cfg, progress)
-    model = lora.training_model(cfg, device) if cfg.train.lora else build_model(cfg.model).to(device)  # LoRA: frozen base
-    if cfg.train.init_from and not cfg.train.lora and not (resume and found is not None):
+    if cfg.train.lora:  # LoRA and control: a frozen base with trainable parts
+        model = lora.training_model(cfg, device)
+    elif cfg.train.control is not None:
+        model = control_model.training_model(cfg, device)
+    else:
+        model = build_model(cfg.model).to(device)
+    if cfg.train.init_from and not cfg.train.lora and cfg.train.control is None and not (resume and found is not None):
         _init_from(model, cfg)
     loop = _training_loop(model, settings, cfg, ranks)
     start = 0
@@ -454,6 +451,8 @@ def _checkpoint(out: Path, step: int, loop: TrainingLoop, cfg: Config, ranks: Ra
         return
     if cfg.train.lora:  # the adapter (peft's format) and the base it belongs to, in RUN/lora
         lora.save_training_adapter(ema, out / "lora", cfg)
+    elif cfg.train.control is not None:  # the control model and the base it belongs to, in RUN/control
+        control_model.save_training_control(ema, out / "control", cfg, step)
     else:
         save_model(out / "model", ema, sample=cfg.sample, text_encoder=cfg.text_encoder,
                    extra={"trained_steps": step, "data": cfg.data.__dict__})
