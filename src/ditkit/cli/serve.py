@@ -28,6 +28,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--preview-every", type=int, default=1,
                    help="a live preview every K sampler steps, only while an event stream follows the job")
     s.add_argument("--max-frames", type=int, default=16, help="most frames of one video (task video)")
+    s.add_argument("--control-models", default="",
+                   help="comma-separated control model folders (beyond the embedded ones) jobs may name in control "
+                        "(docs/serving.md#control)")
     s.add_argument("--api-key-file", type=Path, help="file holding the bearer key clients must send")
     s.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished jobs and images are kept")
     s.add_argument("--cors-origin", help="the one origin allowed by CORS (off by default)")
@@ -90,7 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key = args.api_key_file.read_text().strip()
     settings = ServeSettings(max_queue=args.max_queue, max_batch=args.max_batch, results_ttl=args.results_ttl,
                              api_key=key, cors_origin=args.cors_origin, batch_wait_ms=args.batch_wait_ms,
-                             preview_every=args.preview_every, max_frames=args.max_frames)
+                             preview_every=args.preview_every, max_frames=args.max_frames,
+                             control_models=tuple(m.strip() for m in args.control_models.split(",") if m.strip()))
     if not is_loopback(args.host) and key is None:
         warnings.warn(f"binding {args.host} without --api-key-file: anyone who can reach this address can use the "
                       "server")

@@ -30,10 +30,22 @@ def authorized(request: Request) -> Service:
     return svc
 
 
+class ControlItem(BaseModel):
+    """One control of a generate job: kind (edges, boxes, seg: the embedded <model>-control-<kind>)
+    or model (an embedded control model, or a folder the server was started with), the condition
+    map as a base64 PNG (data URL accepted), and its scale (>= 0; 0 is the model alone)."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    kind: Optional[str] = None
+    model: Optional[str] = None
+    image: str
+    scale: float = 1.0
+
+
 class JobRequest(BaseModel):
     """POST /v1/jobs. In JSON, images are base64 PNGs (data URLs accepted); in a multipart form
     they are file parts and the other fields are text, typed by this model. The mask is white
-    where to fill. frames and fps: task "video" (image is then its optional first frame)."""
+    where to fill. frames and fps: task "video" (image is then its optional first frame). control:
+    task "generate" (serve/control.py); in a form it is one text part holding the JSON list."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     task: str = "generate"
     model: Optional[str] = None
@@ -58,6 +70,7 @@ class JobRequest(BaseModel):
     method: Optional[str] = None
     frames: Optional[int] = None
     fps: Optional[float] = None
+    control: Optional[list[ControlItem]] = None
 
 
 IMAGE_FIELDS = ("image", "image_b", "mask")
@@ -65,11 +78,33 @@ FORM_FILES = ("image", "image[]", "images", "image_b", "mask")  # image[] / imag
 FORM_TEXT_KEPT_EMPTY = ("prompt", "source_prompt")  # other empty form fields mean "not given" (an empty input)
 
 
+def inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its $defs written in place: the OpenAPI document has no
+    "#/$defs" of its own for the references to point into."""
+    defs = schema.get("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 def multipart_schema() -> dict:
-    """The form's OpenAPI schema: JobRequest's fields as plain text parts, images as files."""
+    """The form's OpenAPI schema: JobRequest's fields as plain text parts, images as files, control
+    as a text part holding its JSON list."""
     props = {}
-    for name, prop in JobRequest.model_json_schema()["properties"].items():
+    for name, prop in inline_refs(JobRequest.model_json_schema())["properties"].items():
         if name in IMAGE_FIELDS:
+            continue
+        if name == "control":
+            props[name] = {"type": "string", "title": "Control",
+                           "description": "the JSON list of controls, as in the JSON body"}
             continue
         kinds = [k for k in prop.get("anyOf", [prop]) if k.get("type") != "null"]
         plain = {k: v for k, v in prop.items() if k != "anyOf"}
@@ -80,7 +115,7 @@ def multipart_schema() -> dict:
 
 
 JOB_BODY_DOC = {"requestBody": {"required": True, "content": {
-    JSON: {"schema": JobRequest.model_json_schema()}, MULTIPART: {"schema": multipart_schema()}}}}
+    JSON: {"schema": inline_refs(JobRequest.model_json_schema())}, MULTIPART: {"schema": multipart_schema()}}}}
 
 router = APIRouter()
 
@@ -109,6 +144,15 @@ def form_images(files: dict[str, list[bytes]]) -> dict[str, bytes]:
     return out
 
 
+def form_json(text: str, param: str):
+    """A form text part that holds JSON (control's list)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ApiError(400, f"{param} in a form must be JSON text (a list of controls, as in the JSON body)", param,
+                       "invalid_request") from None
+
+
 def make_job(svc: Service, fields: dict, uploads: dict[str, bytes] | None) -> Job:
     """Decode the images (base64 fields when uploads is None) and build the checked job."""
     if uploads is None:
@@ -124,6 +168,8 @@ async def create_job(request: Request, svc: Service = Depends(authorized)):
     if kind == MULTIPART:
         text, files = await read_multipart(request, svc.settings, FORM_FILES)
         fields = {k: v for k, v in text.items() if v != "" or k in FORM_TEXT_KEPT_EMPTY}
+        if "control" in fields:
+            fields["control"] = form_json(fields["control"], "control")
         uploads = form_images(files)
     elif kind in (JSON, "") or kind.endswith("+json"):
         fields, uploads = await read_json_object(request), None

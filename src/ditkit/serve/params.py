@@ -27,8 +27,10 @@ from ditkit.core.limits import check_int, check_number, check_seed
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.core.video_io import DEFAULT_FPS, check_fps
 from ditkit.core.video_model import is_video_model
-from ditkit.engine.request import check_frames_for
+from ditkit.engine.control import applied_controls
+from ditkit.engine.request import GenerationRequest, check_frames_for
 from ditkit.engine.velocity import fixed_text_length
+from ditkit.serve.control import check_controls, check_kinds, client_message
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import Job
 from ditkit.serve.settings import ServeSettings
@@ -215,6 +217,8 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
     # text-to-video needs a prompt; image-to-video may animate its first frame without one
     prompt = check_prompt(body.get("prompt"), settings,
                           required=task == "generate" or (task == "video" and "image" not in images))
+    if body.get("control") is not None and task != "generate":
+        raise ApiError(400, f"control applies to task 'generate' only, not {task!r}", "control", "invalid_control")
     if task == "video":
         return video_job(pipe, name, settings, body, images.get("image"), sample, seeds, prompt)
     need = {"inpaint": ("image", "mask"), "outpaint": ("image",), "vary": ("image",), "edit": ("image",),
@@ -230,6 +234,10 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
                                sampler=sample.sampler, size=sample.size)
         request.check_for(pipe.model)
         args = dict(prompts=[prompt] * n, sampler=sample.sampler, size=sample.size, apg=apg, **common)
+        if body.get("control") is not None:
+            # A sampler batch shares one condition across its rows, so a control job runs alone (no batch key).
+            args["controls"] = job_controls(pipe, name, settings, body["control"], request)
+            return Job(task, name, args, seeds, steps=sample.steps)
         # The text-length bucket is part of the key: a batch pads every prompt to one length
         # (GenerationRequest.fixed_shape), so jobs of one bucket batch without changing a pixel.
         bucket = fixed_text_length(pipe.engine.encoder, [prompt])
@@ -269,6 +277,25 @@ def build_job(pipes: dict[str, Pipeline], settings: ServeSettings, body: dict, i
         check_result(task, *(2 * side for side in images["image"].size), settings)
         args = dict(image=images["image"], prompt=prompt, sampler=sample.sampler, **common)
     return Job(task, name, args, seeds)  # steps: the task's own sampler count, known at its first step (serve.worker)
+
+
+def job_controls(pipe: Pipeline, name: str, settings: ServeSettings, raw, request: GenerationRequest) -> tuple:
+    """A generate job's control field -> the request's AppliedControls (the worker sets them on its
+    GenerationRequest): the fields checked, each condition image decoded as an upload, each control
+    model loaded once per engine and checked against the model, all before the job is queued."""
+    items = check_controls(raw, pipe, name, settings)
+    images = []
+    for k, item in enumerate(raw):
+        param = f"control.{k}.image"
+        images.append(open_image(decode_base64(item.get("image"), param, settings), param, settings))
+    try:  # a map of another size is resized to the output's (nearest neighbour), as Pipeline.generate does
+        applied = applied_controls(pipe.engine, [(what, im, scale) for (what, scale, _), im in zip(items, images)],
+                                   request.size)
+        dataclasses.replace(request, controls=applied).check_for(pipe.model)
+    except ValueError as e:  # a control model for another base, a broken control folder, ...
+        raise ApiError(400, client_message(e, name, pipe), "control", "invalid_control") from None
+    check_kinds(applied, [kind for _, _, kind in items], pipe)
+    return applied
 
 
 def video_job(pipe: Pipeline, name: str, settings: ServeSettings, body: dict, first: Image.Image | None,

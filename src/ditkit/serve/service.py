@@ -11,6 +11,7 @@ from fastapi import Request
 from ditkit.api import Pipeline
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.core.video_model import is_video_model
+from ditkit.serve.control import served_controls
 from ditkit.serve.errors import ApiError
 from ditkit.serve.jobs import TERMINAL, Job, JobStore
 from ditkit.serve.metrics import Metrics
@@ -28,6 +29,9 @@ class Service:
         self.pipes, self.settings = pipes, settings
         self.store = JobStore(settings.results_ttl, clock)
         self.metrics = Metrics()
+        # the control models each text-to-image model can use (read once: a broken folder fails the start)
+        self.controls = {name: served_controls(name, pipe, settings) if "generate" in tasks_for(pipe) else []
+                         for name, pipe in pipes.items()}
         self.workers = {name: ModelWorker(name, pipe, settings, self.store, self.metrics) for name, pipe in pipes.items()}
 
     def submit(self, job: Job) -> int:
@@ -69,7 +73,7 @@ class Service:
                 defaults["frames"] = pipe.model.config.frames
             out.append({"id": name, "object": "model", "owned_by": "ditkit", "tasks": tasks_for(pipe),
                         "samplers": list(SAMPLER_NAMES),  # every model samples with each (task "edit" uses euler)
-                        "defaults": defaults})
+                        "defaults": defaults, "controls": self.controls[name]})
         return out
 
     def metrics_text(self) -> str:

@@ -19,7 +19,9 @@ class ServeSettings:
     (0: start with what is queued; more trades latency at light load for fuller batches).
     max_output_pixels: the largest result of an editing task (an outpaint's canvas); an upscale's
     result side is held to max_size. max_frames: the most frames of one video (task "video"); a
-    clip costs about its frame count times an image, so it is held well below ditkit's own limit."""
+    clip costs about its frame count times an image, so it is held well below ditkit's own limit.
+    control_models: control model folders (or embedded names) a job's control may name in its
+    "model" field, beside the embedded control models; a request never opens any other path."""
     max_queue: int = 32
     max_batch: int = 4
     results_ttl: float = 600.0
@@ -35,6 +37,7 @@ class ServeSettings:
     max_frames: int = 16
     preview_every: int = 1
     batch_wait_ms: float = 50.0
+    control_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_int("max_queue", self.max_queue, 1, 100_000)
@@ -45,5 +48,10 @@ class ServeSettings:
         check_number("max_guidance", self.max_guidance, 0.0)
         check_int("max_output_pixels", self.max_output_pixels, 1)
         check_int("max_frames", self.max_frames, 1, MAX_FRAMES)
+        if isinstance(self.control_models, str):
+            raise ValueError(f"control_models must be a list of control model folders, got the string {self.control_models!r}")
+        object.__setattr__(self, "control_models", tuple(self.control_models))  # frozen: a list becomes a tuple
+        if not all(isinstance(c, str) and c.strip() for c in self.control_models):
+            raise ValueError(f"control_models must be control model folders or names, got {self.control_models!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: put the key in the file, or start without --api-key-file")

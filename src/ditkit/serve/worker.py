@@ -1,7 +1,8 @@
 """One worker thread per loaded model: a bounded queue, dynamic batching, cancel, failure isolation.
 
 Compatible queued generate jobs (same model, size, steps, guidance, sampler, APG) run as one
-GenerationRequest of up to max_batch images. The request has fixed_shape set, so every sampler
+GenerationRequest of up to max_batch images (a job with controls runs alone: a sampler batch
+shares one condition map). The request has fixed_shape set, so every sampler
 batch has exactly max_batch rows and fixed-length text states: an image is byte-identical
 whether its job ran alone or beside others. Editing tasks run one job at a time. A batch that
 raises is re-run job by job, so a failing job fails alone; a cancelled job stops between
@@ -204,7 +205,8 @@ class ModelWorker:
         seeds = [s for job in batch for s in job.seeds]
         request = self.pipe.request(prompts, seeds, steps=args["steps"], guidance=args["guidance"], apg=args["apg"],
                                     sampler=args["sampler"], size=args["size"], batch_size=self.settings.max_batch)
-        request = dataclasses.replace(request, fixed_shape=True)
+        # a control job runs alone (params.build_job gives it no batch key): its controls are its batch's
+        request = dataclasses.replace(request, fixed_shape=True, controls=args.get("controls", ()))
         offsets, start = [], 0
         for job in batch:
             offsets.append(start)

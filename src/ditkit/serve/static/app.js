@@ -3,6 +3,7 @@
 // names the field ("param"), and the message is shown next to that field.
 
 import { ApiError, cancelJob, listModels, submitJob, watchJob } from "./api.js";
+import { BOX_LEVELS, ControlPad, promptObjects } from "./control.js";
 import { Gallery } from "./gallery.js";
 import { ImageSlot } from "./images.js";
 import { MaskPainter } from "./mask.js";
@@ -13,10 +14,20 @@ const tabs = [...document.querySelectorAll('[role="tab"]')];
 
 const SUBMIT_LABELS = {
   generate: "Generate", inpaint: "Inpaint", outpaint: "Outpaint", vary: "Make variations",
-  edit: "Edit", fuse: "Fuse", upscale: "Upscale", video: "Make video",
+  edit: "Edit", fuse: "Fuse", upscale: "Upscale", video: "Make video", control: "Generate",
 };
 // The model list names models that serve a task; with none, this example of what to load.
-const EXAMPLE_MODELS = { video: "shapes-video" };
+const EXAMPLE_MODELS = { video: "shapes-video", control: "shapes-64" };
+// What each condition kind's map is, for the Control tab's help.
+const CONTROL_HELP = {
+  boxes: "Drag on the map to draw a box (at most 4; with the keyboard: arrows move, Space sets each corner). "
+    + "Box 1 holds the first object the prompt names, box 2 the second, and so on; each is filled with its "
+    + "gray level on black (ditkit's layout map). Or upload a layout map.",
+  edges: "Upload an edge map: white edges on black (make one from any image with "
+    + "`ditkit control-map edges photo.png -o edges.png`).",
+  seg: "Upload a silhouette map: the objects white on black (`ditkit control-map seg photo.png -o seg.png`).",
+};
+const ORDINALS = ["first", "second", "third", "fourth"];
 // The prompt the page starts with, and the video tab's (swapped only while it is still untouched).
 const PROMPTS = { image: "a red circle to the left of a blue square", video: "a red circle moving to the right" };
 // Used only when /v1/models does not list a model's samplers.
@@ -30,6 +41,7 @@ const imageSlot = new ImageSlot(form.querySelector('[data-slot="image"]'), {
 });
 const imageSlotB = new ImageSlot(form.querySelector('[data-slot="image_b"]'));
 const firstFrameSlot = new ImageSlot(form.querySelector('[data-slot="first_frame"]'), { optional: true });
+const controlPad = new ControlPad($("control-canvas"), { onChange: () => renderBoxList() });
 const gallery = new Gallery($("gallery"), $("gallery-empty"), {
   onReuseSeed(seed) {
     $("seed").value = seed;
@@ -42,7 +54,7 @@ const gallery = new Gallery($("gallery"), $("gallery-empty"), {
       return;
     }
     await imageSlot.useGallery(url); // first, so the tab does not load a sample over it
-    if (currentTask() === "generate") selectTab("inpaint");
+    if (currentTask() === "generate" || currentTask() === "control") selectTab("inpaint");
     $("image-source").focus();
   },
   onChange(items) {
@@ -53,10 +65,16 @@ const gallery = new Gallery($("gallery"), $("gallery-empty"), {
   },
 });
 
-/** The task the form sends: the tab's, except the variations tab's "prompt edit" kind. */
+/** The form's task: the tab's, except the variations tab's "prompt edit" kind ("control": the
+ * Control tab, which sends task generate with a control). */
 function currentTask() {
   const mode = form.querySelector('input[name="mode"]:checked').value;
   return state.tab === "vary" ? mode : state.tab;
+}
+
+/** The task the job API gets for a form task. */
+function apiTask(task) {
+  return task === "control" ? "generate" : task;
 }
 
 // ---- tabs and the fields each task shows ----
@@ -89,6 +107,7 @@ function updateForm() {
   if (!$("image-source").closest(".field").hidden) imageSlot.ensureImage();
   if (task === "fuse") imageSlotB.ensureImage();
   if (task === "video") firstFrameSlot.ensureImage();
+  if (task === "control") renderControl();
 }
 
 function onTabKey(event) {
@@ -105,7 +124,7 @@ function renderModels() {
   const task = currentTask();
   const select = $("model");
   const previous = select.value;
-  const serving = state.models.filter((m) => (m.tasks || []).includes(task));
+  const serving = state.models.filter((m) => (m.tasks || []).includes(apiTask(task)));
   select.replaceChildren(...serving.map((m) => new Option(m.id, m.id)));
   if (serving.some((m) => m.id === previous)) select.value = previous;
   if (state.models.length && !serving.length) {
@@ -131,7 +150,63 @@ function applyDefaults() {
     const size = typeof defaults.size === "number" ? `${defaults.size}x${defaults.size}` : String(defaults.size);
     $("size").placeholder = size;
     $("size").value = size;
+    controlPad.setSize(parseInt(size, 10)); // the condition map has the image's size
   }
+  renderControl();
+}
+
+// ---- the Control tab ----
+
+function controlKind() {
+  return form.querySelector('input[name="control-kind"]:checked').value;
+}
+
+/** The control models of the chosen model that read the chosen kind's maps (/v1/models' controls). */
+function renderControl() {
+  const kind = controlKind();
+  const model = state.models.find((m) => m.id === $("model").value);
+  const controls = ((model && model.controls) || []).filter((c) => c.condition === kind);
+  const select = $("control-model");
+  select.replaceChildren(...controls.map((c) => {
+    const option = new Option(c.kind ? `${c.id} (kind ${c.kind})` : c.id, c.id);
+    option.dataset.kind = c.kind || "";
+    return option;
+  }));
+  if (!controls.length) select.add(new Option(`none: kind ${kind} needs ${model ? model.id : "<model>"}-control-${kind}`, ""));
+  $("control-model-help").textContent = controls.length
+    ? "Control models of this model that read this kind of map."
+    : `This server has no ${kind} control model for ${model ? model.id : "this model"}: ditkit ships `
+      + "shapes-64-control-edges and shapes-64-control-boxes for shapes-64.";
+  $("control-help").textContent = CONTROL_HELP[kind];
+  controlPad.setDrawable(kind === "boxes");
+  $("control-undo").hidden = kind !== "boxes";
+  renderBoxList();
+}
+
+/** The boxes in order, each with its gray level and the object of the prompt it stands for. */
+function renderBoxList() {
+  const list = $("box-list");
+  const boxes = controlKind() === "boxes" && !controlPad.upload ? controlPad.boxes : [];
+  const objects = promptObjects($("prompt").value);
+  list.replaceChildren(...boxes.map((box, k) => {
+    const li = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${BOX_LEVELS[k]}, ${BOX_LEVELS[k]}, ${BOX_LEVELS[k]})`;
+    const named = objects[k] ? `: ${objects[k]}` : "";
+    const [x0, y0, x1, y1] = box;
+    li.append(swatch, `Box ${k + 1} (gray ${BOX_LEVELS[k]}, ${x1 - x0}×${y1 - y0} px at ${x0},${y0}), `
+      + `the ${ORDINALS[k]} object the prompt names${named}`);
+    return li;
+  }));
+  list.hidden = boxes.length === 0;
+}
+
+/** The job's control: kind when the chosen control model is the kind's embedded one, else its name. */
+function controlItem() {
+  const option = $("control-model").selectedOptions[0];
+  const item = option && option.value && !option.dataset.kind ? { model: option.value } : { kind: controlKind() };
+  return { ...item, image: controlPad.toDataUrl(), scale: Number($("control-scale").value) };
 }
 
 // ---- the request ----
@@ -157,7 +232,7 @@ function numberValue(id) {
 
 function buildRequest() {
   const task = currentTask();
-  const body = { task, model: $("model").value, prompt: $("prompt").value };
+  const body = { task: apiTask(task), model: $("model").value, prompt: $("prompt").value };
   // An empty seed is left out: the server draws one and returns it in the job's seeds.
   for (const param of ["n", "steps", "guidance", "seed", "frames"]) {
     if (shown(param)) body[param] = numberValue(param);
@@ -175,6 +250,7 @@ function buildRequest() {
     const amount = numberValue("amount") ?? 0;
     for (const box of form.querySelectorAll('input[name="side"]')) body[box.value] = box.checked ? amount : 0;
   }
+  if (task === "control") body.control = [controlItem()];
   for (const key of Object.keys(body)) if (body[key] === undefined) delete body[key];
   return body;
 }
@@ -218,11 +294,16 @@ async function onSubmit(event) {
   event.preventDefault();
   if (state.job) return;
   clearErrors();
+  if (currentTask() === "control" && controlPad.isEmpty()) { // nothing drawn or uploaded: no map to send
+    showError("control.0.image", controlKind() === "boxes" ? "Draw at least one box on the map, or upload a map."
+      : "Upload a condition map first.");
+    return;
+  }
   const body = buildRequest();
   $("submit").disabled = true;
   try {
     const job = await submitJob(body);
-    startJob(job, { task: body.task, prompt: body.prompt });
+    startJob(job, { task: currentTask(), prompt: body.prompt });
   } catch (err) {
     if (!(err instanceof ApiError)) throw err;
     showError(err.param, err.message);
@@ -320,6 +401,20 @@ async function init() {
   $("brush").addEventListener("input", () => painter.showRing());
   $("mask-undo").addEventListener("click", () => painter.undo());
   $("mask-clear").addEventListener("click", () => painter.clear());
+  for (const radio of form.querySelectorAll('input[name="control-kind"]')) {
+    radio.addEventListener("change", () => {
+      controlPad.clear(); // a map of one kind means nothing to another kind's model
+      renderControl();
+    });
+  }
+  $("control-file").addEventListener("change", async () => {
+    await controlPad.useUpload($("control-file").files[0]);
+    $("control-file").value = ""; // the same file again is a new upload
+  });
+  $("control-undo").addEventListener("click", () => controlPad.undo());
+  $("control-clear").addEventListener("click", () => controlPad.clear());
+  $("prompt").addEventListener("input", renderBoxList);
+  bindOutput("control-scale", "control-scale-value", (v) => v.toFixed(2));
   $("cancel").addEventListener("click", onCancel);
   form.addEventListener("submit", onSubmit);
 
