@@ -120,7 +120,7 @@ class ControlNet(nn.Module):
         tokens: the base's embedded input (B, N_tokens, W); block_args: the base's (mod, text, mask,
         rope, grid); condition: (B or 1, 3, H, W), repeated to the batch (guidance runs cond and uncond
         as one batch)."""
-        condition = match_batch(condition, tokens.shape[0]).to(tokens.dtype)
+        condition = DiT.match_batch(condition, tokens.shape[0]).to(tokens.dtype)
         c = self.embed_condition(condition)
         if c.shape[1] != tokens.shape[1]:
             raise ValueError(f"the condition map gives {c.shape[1]} tokens and the image {tokens.shape[1]}: the map must "
@@ -131,15 +131,6 @@ class ControlNet(nn.Module):
             h = blk(h, *block_args)
             out.append(proj(h))
         return out
-
-
-def match_batch(condition: torch.Tensor, batch: int) -> torch.Tensor:
-    """A (B, C, H, W) condition repeated to a batch of k * B rows (CFG's cond + uncond)."""
-    if condition.shape[0] == batch:
-        return condition
-    if batch % condition.shape[0]:
-        raise ValueError(f"a condition batch of {condition.shape[0]} does not divide the input batch {batch}")
-    return condition.repeat(batch // condition.shape[0], 1, 1, 1)
 
 
 # ----------------------------------------------------------------------------

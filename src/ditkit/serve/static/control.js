@@ -5,26 +5,12 @@
 // model's image size (one map pixel per image pixel); the canvas shows it enlarged, with each
 // box's number, so the drawing is precise and the numbers never reach the map that is sent.
 
+import { blobToDataUrl, loadImage } from "./images.js";
+
 export const BOX_LEVELS = [255, 191, 127, 63];
 const VIEW = 256; // the canvas's own pixels (it is shown at this size)
 const MARK = "rgb(255, 0, 255)"; // the box being drawn and the keyboard cursor: a colour no map uses
 const KEY_MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
-
-function blobToDataUrl(blob) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(blob);
-  });
-}
-
-async function loadImage(src) {
-  const image = new Image();
-  image.src = src;
-  await image.decode();
-  return image;
-}
 
 /** The objects a prompt names, in order ("two blue squares and a red circle" -> blue square,
  * blue square, red circle): the words before each shape noun, as the shapes world's captions

@@ -39,7 +39,7 @@ function sampleDataUrl(sample) {
   return canvas.toDataURL("image/png");
 }
 
-function blobToDataUrl(blob) {
+export function blobToDataUrl(blob) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result);
@@ -48,7 +48,7 @@ function blobToDataUrl(blob) {
   });
 }
 
-async function loadImage(src) {
+export async function loadImage(src) {
   const image = new Image();
   image.src = src;
   await image.decode();
