@@ -388,3 +388,23 @@ def test_cli_info_describes_a_control_folder(control_setup, capsys):
     info = json.loads(out)
     assert info["kind"] == "control" and info["condition"] == "edges" and info["blocks"] == 1
     assert info["parameters"] == sum(p.numel() for p in load_control(control_setup["control"])[0].parameters())
+
+
+def test_embedded_control_models_steer_shapes_64():
+    """The shipped control models: found by kind, for shapes-64's weights, fp16 files under 40 MB,
+    scale 0 is shapes-64 itself and scale 1 changes the image."""
+    import ditkit
+    from ditkit.core.control import embedded_controls, resolve_control
+
+    assert {"shapes-64-control-edges", "shapes-64-control-boxes"} <= set(embedded_controls())
+    pipe = ditkit.load("shapes-64")
+    scene = sample_scene(np.random.default_rng(0), 64, category="position")
+    plain = np.asarray(pipe.generate(scene.caption, steps=2, seed=0)[0])
+    for kind in ("edges", "boxes"):
+        folder = resolve_control(f"shapes-64-control-{kind}")
+        assert sum(f.stat().st_size for f in folder.iterdir()) < 40e6
+        assert read_control_info(folder).condition == kind
+        cond = map_image(scene_map(kind, scene, 64))
+        off = np.asarray(pipe.generate(scene.caption, steps=2, seed=0, control=[(kind, cond, 0.0)])[0])
+        on = np.asarray(pipe.generate(scene.caption, steps=2, seed=0, control=[(kind, cond)])[0])
+        assert np.array_equal(off, plain) and not np.array_equal(on, plain)
