@@ -15,7 +15,7 @@ text-only images would change their rounding), so the two differ only by the con
 Measures, each for "control" and "text_only" (the text-only images say what chance gives):
 - fidelity: each ground-truth object is matched with the detection (shapes_detector.detect)
   of the highest IoU: mask IoU of silhouettes for edges and seg (the detection's mask is its
-  connected component, detection_masks), box IoU for boxes (against the silhouette's tight
+  connected component, shapes_detector.detect_with_masks), box IoU for boxes (against the silhouette's tight
   box, which is the condition's box except where a triangle leaves an edge row empty). Mean over objects, and the share
   with IoU >= MATCH_IOU.
 - object correctness: the share of objects whose best match overlaps them (IoU > 0) and has
@@ -43,7 +43,7 @@ from ditkit.core.reports import markdown_table, write_json, write_report
 from ditkit.data.shapes import CATEGORIES, Scene, benchmark_prompts, parse_caption, render, scene_for_caption
 from ditkit.engine.control import control_name
 from ditkit.evaluation.outputs import image_grid
-from ditkit.evaluation.shapes_detector import Detection, classify_pixels, check_colors, detect
+from ditkit.evaluation.shapes_detector import Detection, detect_with_masks
 from ditkit.evaluation.shapes_scoring import evaluate, judged_colors, score_image
 
 MATCH_IOU = 0.5  # an object counts as placed when its best match reaches this IoU
@@ -64,35 +64,14 @@ def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def detection_masks(image: Image.Image | np.ndarray, detections: Sequence[Detection],
                     colors: Sequence[str] | None = None) -> list[np.ndarray]:
-    """Each detection's pixels, bool (H, W): the component detect() found it as (pixels of its
-    color, holes filled, 4-connected, with its box and area). `detections` must come from
-    detect(image, colors) with the same colors."""
-    from scipy import ndimage  # why here: ~0.3 s to import, and `ditkit --help` imports this module
-
-    colors = check_colors(colors)
-    arr = _rgb(image)
-    labels = classify_pixels(arr, colors)  # the detector's own pixel classes, so masks match its boxes
-    components: dict[int, tuple[np.ndarray, list]] = {}
-    masks = []
-    for d in detections:
-        if d.color not in colors:
-            raise ValueError(f"detection color {d.color!r} is not in the vocabulary {colors}")
-        k = colors.index(d.color)
-        if k not in components:
-            comp, _ = ndimage.label(ndimage.binary_fill_holes(labels == k))
-            components[k] = (comp, ndimage.find_objects(comp))
-        comp, slices = components[k]
-        for idx, sl in enumerate(slices, start=1):
-            if sl is None:
-                continue
-            ys, xs = sl
-            if (xs.start, ys.start, xs.stop, ys.stop) == (d.x0, d.y0, d.x1, d.y1) \
-                    and int(np.count_nonzero(comp[sl] == idx)) == d.area:
-                masks.append(comp == idx)
-                break
-        else:
-            raise ValueError(f"no component of the image matches the detection {d}: detect it with the same colors")
-    return masks
+    """Each detection's pixels, bool (H, W): the component detect() found it as
+    (shapes_detector.detect_with_masks). `detections` must come from detect(image, colors)
+    with the same colors."""
+    masks = dict(detect_with_masks(image, colors))
+    missing = next((d for d in detections if d not in masks), None)
+    if missing is not None:
+        raise ValueError(f"no component of the image matches the detection {missing}: detect it with the same colors")
+    return [masks[d] for d in detections]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,7 +103,7 @@ def edge_f1(output: np.ndarray, condition: np.ndarray) -> dict[str, float]:
     precision = share of output edge pixels within one pixel (3x3 dilation) of a condition
     edge, recall = the reverse, f1 their harmonic mean. An empty side scores 0 (1 when both
     are empty: nothing to draw, nothing drawn)."""
-    from scipy import ndimage  # why here: see detection_masks
+    from scipy import ndimage  # why here: ~0.3 s to import, and `ditkit --help` imports this module
 
     out, cond = np.asarray(output) > 0, np.asarray(condition) > 0
     if out.shape != cond.shape:
@@ -149,7 +128,8 @@ def match_objects(kind: str, scene: Scene, image: Image.Image | np.ndarray,
     (the match overlaps, IoU > 0, with the object's color and shape)}."""
     check_condition(kind)
     arr = _rgb(image)
-    dets = detect(arr, colors)
+    found = detect_with_masks(arr, colors)
+    dets = [d for d, _ in found]
     silhouettes = scene_masks(scene, arr.shape[0])
     if kind == "boxes":
         # The silhouette's tight box, not the drawn square: a triangle's mask may leave a row of its
@@ -157,8 +137,7 @@ def match_objects(kind: str, scene: Scene, image: Image.Image | np.ndarray,
         truth = [mask_box(m) for m in silhouettes]
         ious = [[box_iou(t, (d.x0, d.y0, d.x1, d.y1)) for d in dets] for t in truth]
     else:
-        found = detection_masks(arr, dets, colors)
-        ious = [[mask_iou(t, m) for m in found] for t in silhouettes]
+        ious = [[mask_iou(t, m) for _, m in found] for t in silhouettes]
     rows = []
     for obj, row in zip(scene.objects, ious):
         j = int(np.argmax(row)) if row else -1

@@ -88,7 +88,7 @@ def _as_rgb_array(image: Any) -> np.ndarray:
     return arr
 
 
-def classify_pixels(arr: np.ndarray, colors: tuple[str, ...] = BASE_COLORS) -> np.ndarray:
+def _classify_pixels(arr: np.ndarray, colors: tuple[str, ...] = BASE_COLORS) -> np.ndarray:
     """Per-pixel index into `colors` (H, W) int8, -1 for background or unrecognized pixels."""
     h, w, _ = arr.shape
     u, u_norm2 = _color_lines(colors)
@@ -170,13 +170,24 @@ def detect(image: Any, colors: Sequence[str] | None = None) -> list[Detection]:
     colors: the vocabulary, the base palette by default; extra colors (e.g. "pink") are
     recognised only when listed. Deterministic; sorted top to bottom, then left to right.
     """
+    return [d for d, _, _ in _components(image, colors)]
+
+
+def detect_with_masks(image: Any, colors: Sequence[str] | None = None) -> list[tuple[Detection, np.ndarray]]:
+    """detect's detections, each with its pixels as a bool (H, W) mask: the component it was
+    found as (its color's pixels, holes filled, 4-connected). Same order as detect."""
+    return [(d, comp == idx) for d, comp, idx in _components(image, colors)]
+
+
+def _components(image: Any, colors: Sequence[str] | None) -> list[tuple[Detection, np.ndarray, int]]:
+    """The detections, each with its color's label image and its index there, sorted as detect sorts."""
     from scipy import ndimage  # lazy: scipy.ndimage costs ~0.3 s to import, and `ditkit --help` loads this module
 
     colors = check_colors(colors)
     arr = _as_rgb_array(image)
-    labels = classify_pixels(arr, colors)
+    labels = _classify_pixels(arr, colors)
     min_area = _min_area(min(arr.shape[:2]))
-    found: list[Detection] = []
+    found: list[tuple[Detection, np.ndarray, int]] = []
     for k in np.unique(labels):
         if k < 0:
             continue
@@ -192,7 +203,7 @@ def detect(image: Any, colors: Sequence[str] | None = None) -> list[Detection]:
             if area < min_area:
                 continue
             ys, xs = sl
-            found.append(Detection(colors[int(k)], _classify_shape(sub),
-                                   float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), area))
-    found.sort(key=lambda d: (d.y0, d.x0, d.color, d.shape))
+            found.append((Detection(colors[int(k)], _classify_shape(sub),
+                                    float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), area), comp, idx))
+    found.sort(key=lambda f: (f[0].y0, f[0].x0, f[0].color, f[0].shape))
     return found
