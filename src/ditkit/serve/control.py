@@ -11,12 +11,10 @@ params.job_controls) before the job is queued, so every refusal is a 4xx at once
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ditkit.api import Pipeline
 from ditkit.core.control import check_scale, embedded_controls, read_control_info
 from ditkit.core.control_maps import CONDITIONS
-from ditkit.engine.control import MAX_CONTROLS
+from ditkit.engine.control import MAX_CONTROLS, control_name
 from ditkit.serve.errors import ApiError
 from ditkit.serve.settings import ServeSettings
 
@@ -24,7 +22,7 @@ from ditkit.serve.settings import ServeSettings
 def embedded_name(pipe: Pipeline, kind: str) -> str:
     """The embedded control model a kind means for `pipe`'s model: <its name>-control-<kind>, by the
     name it was loaded as, whatever id the server gives it (engine.control.control_name)."""
-    return f"{Path(pipe.engine.source or pipe.source).name}-control-{kind}"
+    return control_name(kind, pipe.engine.source or pipe.source)
 
 
 def served_controls(name: str, pipe: Pipeline, settings: ServeSettings) -> list[dict]:
