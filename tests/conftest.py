@@ -213,3 +213,13 @@ def save_tiny_control(base_folder, folder, condition: str = "edges", blocks: int
         perturb_(net, std=0.05, seed=3)
     save_control(folder, net, base_info(base, str(base_folder)))
     return folder
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run tests/test_engines.py last. In the whole suite, the first test after it that waited
+    for a child process (test_files' killed-write test) got an asynchronous SIGSEGV inside
+    waitpid (gdb: signal delivered to the main thread in wait4), once ONNX Runtime and OpenVINO
+    had run in the process. It did not happen with those engines and subprocesses alone, nor
+    with the files up to test_files; the cause is open (see the issue 31 note). Stable sort:
+    every other test keeps its order."""
+    items.sort(key=lambda item: item.path.name == "test_engines.py")

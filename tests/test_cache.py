@@ -112,6 +112,23 @@ def test_int8_copy_follows_weight_updates(make_dit):
     assert int8_model(model) is not first
 
 
+def test_int8_copy_of_a_compiled_model_is_quantized(make_dit, context):
+    """Pipeline.compile sets the compiled forward as an instance attribute bound to the fp32 model;
+    the int8 copy must not inherit it (it ran fp32 before)."""
+    model = make_dit(perturb=True)
+    x, t = torch.randn(2, 3, 32, 32), torch.rand(2)
+    states, mask = context(2, 5, model.config.text_dim)
+    with torch.no_grad():
+        eager = int8_model(model)(x, t, states, mask)
+        fresh = make_dit(perturb=True)
+        fresh.forward = fresh.forward  # what torch.compile(model.forward) leaves: an instance attribute
+        fresh._ditkit_compiled = True
+        q = int8_model(fresh)
+        assert "forward" not in q.__dict__ and not getattr(q, "_ditkit_compiled", False)
+        assert torch.equal(q(x, t, states, mask), eager)
+        assert not torch.equal(q(x, t, states, mask), fresh(x, t, states, mask))
+
+
 def test_cli_cache_precision_and_calibration(pipe, tmp_path, capsys):
     src = pipe.source
     out0, out1 = tmp_path / "a.png", tmp_path / "b.png"

@@ -11,11 +11,12 @@ functions on purpose) so `import ditkit` stays fast and loads no torch.
 __version__ = "0.1.0"
 
 
-def load(name_or_path="shapes-64", device="cpu"):
-    """Load an embedded model by name or a model folder (ditkit.api.load)."""
+def load(name_or_path="shapes-64", device="cpu", engine=None):
+    """Load an embedded model by name, a model folder or an exported folder; engine: torch,
+    onnxruntime or openvino (ditkit.api.load)."""
     from ditkit.api import load as _load  # why here: keeps `import ditkit` light
 
-    return _load(name_or_path, device)
+    return _load(name_or_path, device, engine)
 
 
 def __getattr__(name):

@@ -29,6 +29,8 @@ from ditkit.core.limits import MAX_BEST_OF, MAX_FRAMES, MAX_NUM_IMAGES, check_in
 from ditkit.data.video import still_caption
 from ditkit.core.precision import resolve_device
 from ditkit.engine.cache import SCHEDULE_FILE
+from ditkit.interop.engines import check_engine
+from ditkit.interop.runtime import blocks_refusal, export_for_engine, is_exported, load_exported
 from ditkit.engine.calibration import calibrate_smooth
 from ditkit.engine.control import ControlSpec, applied_controls
 from ditkit.engine.generate import Engine, ProgressCallback
@@ -46,6 +48,8 @@ class Pipeline:
     loaded once; companion models (the embedded <name>-inpaint) are loaded once per pipeline."""
 
     def __init__(self, model: torch.nn.Module, config: dict, source: str, device: str | torch.device = "cpu"):
+        # "torch", or the engine that runs an exported graph (interop.runtime; ditkit.load(engine=...))
+        self.engine_name = getattr(model, "engine_name", "torch")
         self.config = config
         self.source = source
         self.device = resolve_device(device)
@@ -83,7 +87,7 @@ class Pipeline:
             return None
         with self._companion_lock:
             if name not in self._companions:
-                self._companions[name] = load(name, device=self.device)
+                self._companions[name] = load(name, device=self.device, engine=self.engine_name)
             return self._companions[name]
 
     def _companion_engine(self, suffix: str) -> Engine | None:
@@ -213,7 +217,7 @@ class Pipeline:
             with self._companion_lock:
                 key = f"image_model:{image_model}"
                 if key not in self._companions:
-                    self._companions[key] = load(image_model, device=self.device)
+                    self._companions[key] = load(image_model, device=self.device, engine=self.engine_name)
                 pipe = self._companions[key]
         if getattr(pipe.model.config, "frames", 0):
             raise ValueError(f"image_model {pipe.source!r} is a video model; it must be an image model (e.g. shapes-64)")
@@ -319,6 +323,7 @@ class Pipeline:
         return current[0].describe() if current is not None and current[1] is self.model else []
 
     def _change_loras(self, change) -> "Pipeline":
+        self._needs_torch("LoRA adapters")
         with self._lora_lock:
             current = self._loras
             # A stack applies to the model it built; a model set since (pipe.model = ...) is a new base.
@@ -338,6 +343,7 @@ class Pipeline:
     def compile(self) -> "Pipeline":
         """torch.compile the model in place (about 40 s on first use; measured ~9% faster on
         this project's CPU, so off by default). Returns self."""
+        self._needs_torch("torch.compile")
         if not getattr(self.model, "_ditkit_compiled", False):
             self.model.forward = torch.compile(self.model.forward)
             self.model._ditkit_compiled = True
@@ -347,6 +353,7 @@ class Pipeline:
                         prompts: Sequence[str] | None = None, out: str | Path | None = None, seed: int = 0) -> Path:
         """Calibrate a SmoothCache schedule for this model at a step count and sampler and save it
         (default: cache_schedule.json in the model folder, which "smooth:calibrated" loads)."""
+        self._needs_torch("cache calibration")
         if prompts is None:
             prompts = default_prompts(model_dataset(self.config))
         sample = self.sample_config(steps=steps, sampler=sampler)
@@ -355,14 +362,35 @@ class Pipeline:
         schedule.save(path)
         return path
 
+    def _needs_torch(self, feature: str) -> None:
+        if self.engine_name != "torch":
+            raise ValueError(blocks_refusal(self.engine_name, feature))
+
     def __repr__(self) -> str:
+        if self.engine_name != "torch":
+            return f"Pipeline(source={self.source!r}, engine={self.engine_name})"
         return f"Pipeline(source={self.source!r}, params={sum(p.numel() for p in self.model.parameters()):,})"
 
 
 
-def load(name_or_path: str | Path = "shapes-64", device: str | torch.device = "cpu") -> Pipeline:
-    """Load an embedded model by name or a model folder."""
+def load(name_or_path: str | Path = "shapes-64", device: str | torch.device = "cpu",
+         engine: str | None = None) -> Pipeline:
+    """Load an embedded model by name, a model folder or an exported folder (ditkit export).
+
+    engine: what runs the model's velocity call. "torch" (the default for model folders),
+    "onnxruntime" or "openvino" (CPU; a model folder is exported to ONNX on load, about 3 s for
+    shapes-64). An exported folder loads with its own format's engine unless told otherwise
+    (OpenVINO also reads ONNX exports). Samplers, guidance and tasks are ditkit's either way."""
     device = resolve_device(device)  # before any loading: `tpu` or a missing GPU is a clear error
+    if engine is not None:
+        check_engine(engine)
     folder = resolve_model(name_or_path)
+    if engine not in (None, "torch") and device.type != "cpu":
+        raise ValueError(f"the {engine} engine runs on the CPU here; use --engine torch on {device}")
+    if is_exported(folder):
+        model, cfg = load_exported(folder, engine)
+        return Pipeline(model, cfg, str(folder), "cpu")
     model, cfg = load_model(folder, device)
+    if engine not in (None, "torch"):
+        model = export_for_engine(model, cfg, engine)
     return Pipeline(model, cfg, str(folder), device)

@@ -21,6 +21,7 @@ from ditkit.core.files import atomic_save_image, remove_orphan_temps
 from ditkit.core.precision import check_precision
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.engine.cache import parse_cache_spec
+from ditkit.interop.engines import ENGINES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -99,6 +100,14 @@ def add_debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
 
+ENGINE_HELP = ("what runs the model: torch (default for model folders), onnxruntime or openvino (CPU; a model "
+               "folder is exported on load; an exported folder from `ditkit export` uses its own engine by default)")
+
+
+def add_engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, help=ENGINE_HELP)
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-64", help="embedded model name or model folder (default shapes-64)")
     p.add_argument("--steps", type=positive_int("--steps"), help="sampling steps (default: the model's)")
@@ -120,6 +129,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (about 40 s to compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    add_engine_arg(p)
 
 
 def add_video_sampling_args(p: argparse.ArgumentParser, model_help: str) -> None:
@@ -234,7 +244,7 @@ def read_prompts_file(path: str) -> list[str]:
 # ----------------------------------------------------------------------------
 
 def load_pipeline(args) -> Pipeline:
-    pipe = load(args.model, device=args.device)
+    pipe = load(args.model, device=args.device, engine=getattr(args, "engine", None))
     if getattr(args, "cache", None):
         parse_cache_spec(args.cache, pipe.source)  # a bad spec or missing schedule fails before any work
     if getattr(args, "compile", False):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ditkit.api import load
-from ditkit.cli.common import add_debug, check_output_file, nonneg_float, positive_int, save_numbered
+from ditkit.cli.common import add_debug, add_engine_arg, check_output_file, nonneg_float, positive_int, save_numbered
 from ditkit.core.sampling import SAMPLER_NAMES
 from ditkit.tasks.pipeline_edit import FUSE_CONDITIONS, FUSE_MODES, INPAINT_METHODS
 
@@ -21,7 +21,9 @@ def _common(p: argparse.ArgumentParser, default_model: str = "shapes-64", sample
         names = f"{', '.join(SAMPLER_NAMES[:-1])} or {SAMPLER_NAMES[-1]}"
         p.add_argument("--sampler", help=f"{names} (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32", help="fp32, bf16, int8 (CPU) or fp16 (GPU)")
     p.add_argument("--device", default="cpu")
+    add_engine_arg(p)
     add_debug(p)
 
 
@@ -85,8 +87,8 @@ def add_parsers(sub) -> None:
 def cmd_edit_task(args: argparse.Namespace) -> int:
     task = args.edit_task
     out = check_output_file(args.output)
-    pipe = load(args.model, device=args.device)
-    common = dict(steps=args.steps, guidance=args.guidance)
+    pipe = load(args.model, device=args.device, engine=args.engine)
+    common = dict(steps=args.steps, guidance=args.guidance, precision=args.precision)
     if getattr(args, "sampler", None) is not None:
         common["sampler"] = args.sampler
     if task == "vary":

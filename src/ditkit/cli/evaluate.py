@@ -11,7 +11,7 @@ import numpy as np
 
 from ditkit.accel.scaling import digits_best_of_eval, get_verifier, save_best_of_outputs, shapes_best_of_eval
 from ditkit.api import Pipeline, load
-from ditkit.cli.common import (CliParser, UserError, add_debug, add_sampling_args, add_video_sampling_args,
+from ditkit.cli.common import (CliParser, UserError, add_debug, add_engine_arg, add_sampling_args, add_video_sampling_args,
                                check_out_dir, check_sampling_args, clean_out_dir, generation_kwargs, int_list,
                                load_pipeline, positive_int, read_prompts_file)
 from ditkit.core.config import SampleConfig
@@ -82,6 +82,7 @@ def add_parsers(sub) -> None:
     ee.add_argument("--model", default="shapes-64")
     ee.add_argument("--seed", type=int, default=0)
     ee.add_argument("--device", default="cpu")
+    add_engine_arg(ee)
     add_debug(ee)
     ee.set_defaults(handler=cmd_eval_edit)
 
@@ -242,8 +243,8 @@ def cmd_eval_edit(args: argparse.Namespace) -> int:
     if bad or not tasks:
         raise ValueError(f"unknown edit tasks {bad or tasks}; allowed: {', '.join(EDIT_TASKS)}")
     _prepare_out_dir(args.out_dir)
-    pipe = load(args.model, device=args.device)
-    upscaler = load(UPSCALER, device=args.device).engine if "upscale" in tasks else None
+    pipe = load(args.model, device=args.device, engine=args.engine)
+    upscaler = load(UPSCALER, device=args.device, engine=args.engine).engine if "upscale" in tasks else None
     # the tasks take a companion lookup that returns engines (suffix -> engine or None)
     companion = lambda suffix: getattr(pipe.companion(suffix), "engine", None)  # noqa: E731
     results, examples = edit_eval(pipe.engine, tasks, n=args.num, seed=args.seed, companion=companion,

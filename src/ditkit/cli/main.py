@@ -1,7 +1,7 @@
 """The `ditkit` command line: the parser, assembled from one module per verb group, and main().
 
 Verb groups: generate (generate.py), video (video.py), eval (evaluate.py), the editing tasks
-(edit.py), info (info.py), analyze / prune / convert / cache-calibrate (analyze.py), train / distill
+(edit.py), info (info.py), analyze / prune / convert / cache-calibrate (analyze.py), export (export.py), train / distill
 (train.py), data prepare / emoji (data.py); what they share is in common.py. Every user
 error becomes one line on stderr and exit code 2 (a traceback only with --debug); nothing is
 written unless the whole command succeeds.
@@ -13,7 +13,7 @@ import argparse
 import shlex
 import sys
 
-from ditkit.cli import analyze, control, data, edit, evaluate, generate, info, serve, train, video
+from ditkit.cli import analyze, control, data, edit, evaluate, export, generate, info, serve, train, video
 from ditkit.cli.common import CliParser, run_handler
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", parser_class=CliParser)
     # the order `ditkit --help` lists them
-    for group in (generate, control, video, evaluate, edit, info, analyze, train, data, serve):
+    for group in (generate, control, video, evaluate, edit, info, analyze, export, train, data, serve):
         group.add_parsers(sub)
     return parser
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ditkit.api import load
-from ditkit.cli.common import add_debug
+from ditkit.cli.common import add_debug, add_engine_arg
 from ditkit.core.limits import check_int
 
 
@@ -35,6 +35,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--results-ttl", type=float, default=600.0, help="seconds finished jobs and images are kept")
     s.add_argument("--cors-origin", help="the one origin allowed by CORS (off by default)")
     s.add_argument("--device", default="cpu")
+    add_engine_arg(s)
     add_debug(s)
     s.set_defaults(handler=cmd_serve)
 
@@ -103,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError("--models is empty: give at least one model name or folder")
     sock = bind(args.host, args.port)
     try:
-        pipes = {Path(name).name: load(name, device=args.device) for name in names}
+        pipes = {Path(name).name: load(name, device=args.device, engine=args.engine) for name in names}
         app = create_app(pipes, settings)
         try:
             port = sock.getsockname()[1]

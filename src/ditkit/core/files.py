@@ -92,6 +92,17 @@ def atomic_save_image(path: str | Path, image, **save_kwargs) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, **save_kwargs))
 
 
+def check_new_folder(out: str | Path) -> Path:
+    """`out` as a Path if it can be made as a new folder (atomic_folder's target): a ValueError if
+    it already exists or its parent folder does not."""
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"output {str(out)!r} already exists; choose a new folder")
+    if not out.parent.is_dir():
+        raise ValueError(f"parent folder of {str(out)!r} does not exist")
+    return out
+
+
 @contextmanager
 def atomic_folder(out: str | Path) -> Iterator[Path]:
     """Build a whole folder (a converted or pruned model) under a temporary sibling name,

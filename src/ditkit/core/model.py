@@ -1,5 +1,8 @@
 """The DiT: one file, top to bottom.
 
+Over 500 lines because the whole network stays in one file a reader can follow top to bottom
+(docs/architecture.md, principle 1): embeddings, attention, blocks and the model together.
+
 Contract with the rest of ditkit (docs/architecture.md: the engine and every task call only this):
 
     DiT.forward(x, t, context, context_mask) -> v
@@ -55,6 +58,8 @@ Design choices (and why):
 from __future__ import annotations
 
 import math
+import sys
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +67,8 @@ from torch import nn
 
 # DiTConfig lives in core.config (which imports nothing of the model); re-exported for callers.
 from ditkit.core.config import ATTENTION_KINDS, PIXART, POSITION_KINDS, DiTConfig  # noqa: F401
+
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------
@@ -87,14 +94,50 @@ def unpatchify(tokens: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
 # embeddings
 # ----------------------------------------------------------------------------
 
+def tracing() -> bool:
+    """True while torch.jit.trace or the TorchScript ONNX exporter records the forward. Tables
+    cached in Python dicts are bypassed then: a cached tensor would enter the graph as a constant
+    of one size, and the exported graph is dynamic in batch, text length and (RoPE) image size.
+    torch.onnx is only asked once something imported it: an export needs it, and importing it here
+    would add ~0.1 s to every process's first forward."""
+    if torch.jit.is_tracing():
+        return True
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+def cached_table(cache: dict, key: tuple, make: Callable[[], T]) -> T:
+    """cache[key], made by make() on a miss; while tracing, make() every call (see tracing()).
+
+    Made outside inference mode, so a table first built under torch.inference_mode() can still
+    be saved for backward by a later training step (autograd refuses inference tensors)."""
+    if tracing():
+        return make()
+    table = cache.get(key)
+    if table is None:
+        with torch.inference_mode(False):
+            table = cache[key] = make()
+    return table
+
+
+_TIMESTEP_FREQS: dict[tuple, torch.Tensor] = {}  # timestep_embedding's frequencies by (dim, max_period, device)
+
+
+def timestep_frequencies(dim: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """(dim // 2,) float32: exp(-log(max_period) * i / half), cached per device (a per-call constant:
+    computing it cost 4 small ops of each forward)."""
+    half = dim // 2
+    return cached_table(_TIMESTEP_FREQS, (dim, max_period, str(device)), lambda: torch.exp(
+        -math.log(max_period) * torch.arange(half, device=device, dtype=torch.float32) / half))
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT). (B,) -> (B, dim).
 
     This is PixArt-alpha's convention as diffusers writes it, Timesteps(256,
     flip_sin_to_cos=True, downscale_freq_shift=0) applied to the timestep t * 1000:
     frequencies exp(-log(max_period) * i / half), cosines first."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = timestep_frequencies(dim, max_period, t.device)
     args = (t.float() * 1000.0)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -272,10 +315,12 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor] | None, grid: tuple[int, int]) -> torch.Tensor:
         """x: (B, N, W); mod: (B, 6, W) from adaLN-single."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.scale_shift_table[None] + mod).unbind(1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1[:, None], scale1[:, None]), rope)
+        # (6, 1, W) + (B, 6, 1, W): each of the six comes out (B, 1, W), ready to broadcast over tokens
+        # (one unsqueeze instead of six; the sums are the same elementwise adds).
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.scale_shift_table[:, None] + mod[:, :, None]).unbind(1)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
         x = x + self.cross_attn(self.norm2(x), context, mask)
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm3(x), shift2[:, None], scale2[:, None]), grid)
+        x = x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2), grid)
         return x
 
 
@@ -309,6 +354,7 @@ class DiT(nn.Module):
         super().__init__()
         self.config = cfg
         self._sincos: dict[tuple, torch.Tensor] = {}  # positions="sincos" tables by (rows, cols, device)
+        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # rope_2d (cos, sin) by (rows, cols, device)
         w, p, c = cfg.width, cfg.patch_size, cfg.stem_channels
         c_in = cfg.in_channels + cfg.cond_channels
         if c > 0:
@@ -397,10 +443,19 @@ class DiT(nn.Module):
         key = (size[0] // p, size[1] // p, str(device))
         table = self._sincos.get(key)
         if table is None:
-            # Built on the CPU (float64 angles; MPS has no float64), then moved.
-            table = sincos_2d(key[0], key[1], cfg.width, cfg.sample_size // p, cfg.pos_interpolation).to(device)
+            # Built on the CPU (float64 angles; MPS has no float64), then moved. Outside inference
+            # mode for the reason cached_table gives (abs_pos's Linear saves the table for backward).
+            with torch.inference_mode(False):
+                table = sincos_2d(key[0], key[1], cfg.width, cfg.sample_size // p, cfg.pos_interpolation).to(device)
             self._sincos[key] = table
         return table
+
+    def rope_table(self, grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """rope_2d's (cos, sin), each (N, head_dim), for a token grid, cached per grid and device
+        (about 15 small ops a forward otherwise). Computed in the graph while tracing, so an
+        exported graph keeps a dynamic image size (see tracing())."""
+        head_dim = self.config.width // self.config.heads
+        return cached_table(self._rope, (grid[0], grid[1], str(device)), lambda: rope_2d(*grid, head_dim, device))
 
     def final(self, tokens: torch.Tensor, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Everything after the blocks: tokens (B, N, W) -> velocity (B, C_out, H, W)."""
@@ -450,12 +505,12 @@ class DiT(nn.Module):
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         if context_mask is None:
             context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
-        context_mask = context_mask.bool()
+        elif context_mask.dtype != torch.bool:
+            context_mask = context_mask.bool()
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         p = self.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        rope = rope_2d(*grid, self.config.width // self.config.heads, x.device) \
-            if self.config.positions in ("rope", "rope+abs") else None
+        rope = self.rope_table(grid, x.device) if self.config.positions in ("rope", "rope+abs") else None
         tokens, mod, c, text = self.embed(x, t, context, context_mask)
         block_args = (mod, text, context_mask, rope, grid)
         if block_runner is not None:

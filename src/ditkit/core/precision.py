@@ -126,6 +126,10 @@ def int8_model(model: nn.Module) -> nn.Module:
             # torch.ao path is still the one that ships with torch and works here.
             warnings.simplefilter("ignore", UserWarning)
             q = copy.deepcopy(model).eval()
+            # A torch.compile'd model (Pipeline.compile) keeps its compiled forward as an instance
+            # attribute, bound to the fp32 original: the copy would run fp32. The copy runs eager.
+            q.__dict__.pop("forward", None)
+            q.__dict__.pop("_ditkit_compiled", None)
             # A model with unmerged LoRA adapters (core.lora) keeps their small A / B layers fp32:
             # peft's layer reads their weight's dtype, which a quantized Linear does not have.
             adapters = [n for n, m in q.named_modules() if isinstance(m, nn.Linear) and ".lora_" in n]

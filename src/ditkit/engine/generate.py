@@ -29,6 +29,7 @@ from ditkit.core.guidance import Velocity
 from ditkit.core.lora import base_fingerprint
 from ditkit.core.precision import model_for
 from ditkit.core.sampling import StepInfo, get_sampler, pure_noise_prior, timesteps
+from ditkit.interop.runtime import is_exported_model
 from ditkit.engine.cache import CachedModel, parse_cache_spec
 from ditkit.engine.request import CacheFactory, CacheSetting, GenerationRequest, sample_settings, seed_list
 from ditkit.engine.velocity import fixed_length_context, fixed_text_length, prompt_velocity
@@ -110,7 +111,10 @@ class Engine:
                                prior_until, prior_model)
 
     def runner(self, precision: str) -> torch.nn.Module:
-        """The module that runs at a precision: the model, or its int8 copy (made once per weights)."""
+        """The module that runs at a precision: the model, or its int8 copy (made once per weights);
+        for an exported graph (interop.runtime), the graph compiled at that precision (made once)."""
+        if is_exported_model(self.model):
+            return self.model.at_precision(precision)
         return model_for(self.model, precision)
 
     def prior(self, name_or_path: str) -> torch.nn.Module:

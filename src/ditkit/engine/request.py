@@ -21,6 +21,8 @@ from ditkit.core.control import AppliedControl
 from ditkit.core.guidance import APG
 from ditkit.core.limits import MAX_BATCH_SIZE, MAX_FRAMES, check_int, check_seed
 from ditkit.core.precision import check_precision
+from ditkit.interop.engines import check_engine_precision
+from ditkit.interop.runtime import blocks_refusal, is_exported_model
 
 CacheFactory = Callable[[], object]  # () -> a fresh cache policy for one batch (ditkit.engine.cache)
 CacheSetting = Union[str, CacheFactory, None]  # a spec string ("first-block:0.08", "smooth:PATH.json") or a factory
@@ -171,6 +173,11 @@ class GenerationRequest:
         """The checks that need the model: precision on its device, size against its patch size,
         frames against the kind of model."""
         check_precision(self.precision, next(model.parameters()).device)
+        if is_exported_model(model):  # an exported graph (interop.runtime): its engine's precisions, no blocks
+            check_engine_precision(model.engine_name, self.precision)
+            if self.cache is not None or self.controls:
+                raise ValueError(blocks_refusal(model.engine_name, "feature caching (cache)" if self.cache is not None
+                                                else "control"))
         check_frames_for(model, self.frames, self.first_frames is not None)
         if self.frames and (self.cache is not None or self.uses_prior):
             raise ValueError("feature caches and prior steps (cache, prior_until, prior_model) are for image models; "

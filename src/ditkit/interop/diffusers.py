@@ -36,7 +36,7 @@ import torch
 
 from ditkit.core.checkpoint import load_model, require_safetensors_weights, resolve_model, save_model
 from ditkit.core.config import SampleConfig
-from ditkit.core.files import atomic_folder
+from ditkit.core.files import atomic_folder, check_new_folder
 from ditkit.core.model import PIXART, DiT, DiTConfig
 from ditkit.interop.diffusers_folder import is_diffusers_folder
 
@@ -295,11 +295,7 @@ def convert_folder(src: str | Path, to: str, out: str | Path) -> Path:
     Written to a sibling temporary folder and renamed, so a failure leaves no partial output."""
     if to not in ("diffusers", "ditkit"):
         raise ValueError(f"unknown target {to!r}; allowed: diffusers, ditkit")
-    out = Path(out)
-    if out.exists():
-        raise ValueError(f"output {str(out)!r} already exists; choose a new folder")
-    if not out.parent.is_dir():
-        raise ValueError(f"parent folder of {str(out)!r} does not exist")
+    out = check_new_folder(out)
     src_is_diffusers = Path(src).is_dir() and is_diffusers_folder(src)
     if to == "ditkit" and not src_is_diffusers:
         raise ValueError(f"{src!r} is not a diffusers transformer folder (a config.json with _class_name "

@@ -30,6 +30,8 @@ def served_controls(name: str, pipe: Pipeline, settings: ServeSettings) -> list[
     ones named <name>-control-<kind> and the server's control_models, each whose base
     architecture is this model's; {"id", "condition", "kind"}: kind is set when {"kind": kind}
     selects it (the embedded one). A broken folder in control_models is a ValueError at startup."""
+    if pipe.engine_name != "torch":  # an exported graph has no blocks for a control to join (interop.runtime)
+        return []
     config = pipe.model.config.to_dict()
     out = []
     embedded = [embedded_name(pipe, kind) for kind in CONDITIONS if embedded_name(pipe, kind) in embedded_controls()]
@@ -71,6 +73,10 @@ def check_controls(raw, pipe: Pipeline, model: str, settings: ServeSettings) -> 
     """The job's control items (dicts of JobRequest.control) -> [(control model, scale, kind or
     None)], in order; each bad field a 400 naming it. The images are decoded, and the control
     models loaded, after these checks (params.job_controls)."""
+    if pipe.engine_name != "torch":
+        raise ApiError(400, f"control needs the model's blocks, and this server runs {model} with the "
+                       f"{pipe.engine_name} engine (one exported graph): serve it with --engine torch for control",
+                       "control", "invalid_control")
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "control must be a non-empty list of {kind or model, image, scale}", "control",
                        "invalid_control")

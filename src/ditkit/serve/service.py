@@ -73,7 +73,8 @@ class Service:
                 defaults["frames"] = pipe.model.config.frames
             out.append({"id": name, "object": "model", "owned_by": "ditkit", "tasks": tasks_for(pipe),
                         "samplers": list(SAMPLER_NAMES),  # every model samples with each (task "edit" uses euler)
-                        "defaults": defaults, "controls": self.controls[name]})
+                        "defaults": defaults, "controls": self.controls[name],
+                        "engine": pipe.engine_name})
         return out
 
     def metrics_text(self) -> str:

@@ -44,7 +44,9 @@ class TaskModel(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, cond: torch.Tensor | None = None, window: int | None = None):
         super().__init__()
         self.model, self.cond, self.window = model, cond, window
-        self.config, self.blocks = model.config, model.blocks
+        self.config = model.config
+        # an exported graph (interop.runtime) has no blocks; caches, which need them, refuse it earlier
+        self.blocks = getattr(model, "blocks", None)
 
     def forward(self, x, t, context, context_mask=None, **kw):
         cond = self.model.match_batch(self.cond, x.shape[0]) if self.cond is not None else None

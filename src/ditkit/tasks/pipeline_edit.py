@@ -80,7 +80,7 @@ def vary(engine: Engine, image: ImageLike, prompt: str = "", strength: float = 0
     work = working_size(im.size, sample.size)
     x0 = to_tensor(im, work).to(engine.device).repeat(num_images, 1, 1, 1)
     eps = _noise(engine, num_images, tuple(x0.shape[1:]), seed)
-    vel = tasks.text_velocity(engine.model, engine.encoder, [prompt] * num_images, sample, precision=precision)
+    vel = tasks.text_velocity(engine.runner(precision), engine.encoder, [prompt] * num_images, sample, precision=precision)
     return to_pil(check_finite(tasks.sdedit(vel, x0, eps, s, sample, callback), engine.source))
 
 
@@ -96,12 +96,12 @@ def edit(engine: Engine, image: ImageLike, source_prompt: str, prompt: str, stre
     sample = task_settings(engine, "text", steps, guidance, "euler", shift)
     im = load_image(image)
     x0 = to_tensor(im, working_size(im.size, sample.size)).to(engine.device)
-    source = tasks.text_velocity(engine.model, engine.encoder, [source_prompt], sample, guidance=1.0,
+    source = tasks.text_velocity(engine.runner(precision), engine.encoder, [source_prompt], sample, guidance=1.0,
                                  precision=precision)
     ts = tasks.partial_schedule(sample, t_max)
     inverting, regenerating = tasks.phase_callbacks(callback, len(ts) - 1, len(ts) - 1)
     noise = tasks.invert(source, x0, len(ts) - 1, float(ts[0]), inverting)
-    target = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision)
+    target = tasks.text_velocity(engine.runner(precision), engine.encoder, [prompt], sample, precision=precision)
     return to_pil(check_finite(get_sampler(sample.sampler)(target, noise, ts, regenerating), engine.source))[0]
 
 
@@ -126,14 +126,14 @@ def _inpaint_tensor(engine: Engine, x0: torch.Tensor, fill: torch.Tensor, prompt
     sample = use.sample_config(steps=steps, guidance=guidance, sampler=sampler, shift=shift)
     eps = _noise(engine, 1, tuple(x0.shape[1:]), seed)
     if use_model:
-        vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision,
+        vel = tasks.text_velocity(use.runner(precision), use.encoder, [prompt], sample, precision=precision,
                                   cond=inpaint_condition(x0, fill), window=window)
         if resample:
             x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed), callback)
         else:
             x = sample_with(vel, eps, sample, callback)
     else:
-        vel = tasks.text_velocity(use.model, use.encoder, [prompt], sample, precision=precision, window=window)
+        vel = tasks.text_velocity(use.runner(precision), use.encoder, [prompt], sample, precision=precision, window=window)
         x = tasks.blend_inpaint(vel, x0, eps, fill, sample, resample, torch.Generator().manual_seed(seed), callback)
     return check_finite(x, use.source)
 
@@ -244,14 +244,14 @@ def fuse(engine: Engine, image_a: ImageLike, image_b: ImageLike, alpha: float = 
         context = tasks.join_contexts(enc.encode([prompt_a], device), enc.encode([prompt_b], device))
     else:
         context = tasks.mix_contexts(enc.encode([prompt_a], device), enc.encode([prompt_b], device), a)
-    vel = tasks.text_velocity(engine.model, enc, [], sample, precision=precision, context=context)
+    vel = tasks.text_velocity(engine.runner(precision), enc, [], sample, precision=precision, context=context)
     if mode == "pixels":
         mixed = tasks.multiply_blend(xs[0], xs[1], a)
         x = tasks.sdedit(vel, mixed, _noise(engine, 1, tuple(mixed.shape[1:]), seed), t_max, sample, callback)
         return to_pil(check_finite(x, engine.source))[0]
     ts = tasks.partial_schedule(sample, t_max)
     phases = tasks.phase_callbacks(callback, len(ts) - 1, len(ts) - 1, len(ts) - 1)  # invert A, invert B, sample
-    noises = [tasks.invert(tasks.text_velocity(engine.model, enc, [pr], sample, guidance=1.0, precision=precision),
+    noises = [tasks.invert(tasks.text_velocity(engine.runner(precision), enc, [pr], sample, guidance=1.0, precision=precision),
                            x, len(ts) - 1, float(ts[0]), phase)
               for x, pr, phase in zip(xs, (prompt_a, prompt_b), phases)]
     noise = tasks.slerp(noises[0], noises[1], a)
@@ -281,7 +281,7 @@ def upscale(engine: Engine, image: ImageLike, prompt: str = "", seed: int = 0, s
     cond = upscale_condition(low)
     eps = _noise(engine, 1, tuple(cond.shape[1:]), seed)
     window = 2 * engine.model.config.sample_size
-    vel = tasks.text_velocity(engine.model, engine.encoder, [prompt], sample, precision=precision, cond=cond,
+    vel = tasks.text_velocity(engine.runner(precision), engine.encoder, [prompt], sample, precision=precision, cond=cond,
                               window=window)
     return to_pil(check_finite(sample_with(vel, eps, sample, callback), engine.source))[0]
 
