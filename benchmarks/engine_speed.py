@@ -74,7 +74,7 @@ from ditkit.interop.runtime import export_for_engine
 
 from common import apply_threads, csv, markdown_table, medians, parser, time_interleaved, write_json
 from model_speed import count_flops, matmul_gflops
-from peer_pipeline import PROMPTS, RandomText, build_model, diffusers_run
+from peer_pipeline import PROMPTS, RandomText, add_model_args, build_model, diffusers_run
 
 ROWS = ("torch", "compile", "onnxruntime", "openvino", "diffusers")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -122,14 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="check the script: steps 2, repeats 1, batch 1 (the shipped table keeps batch 16); "
                         "numbers mean nothing")
-    # peer_pipeline.build_model's sizes
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--patch", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--text-len", type=int, default=16)
-    p.add_argument("--text-dim", type=int, default=384)
+    add_model_args(p)  # peer_pipeline.build_model's sizes
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.repeats, args.batches = 2, 1, "1"

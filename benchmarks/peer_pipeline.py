@@ -122,6 +122,17 @@ def diffusers_run(transformer, encoder, prompts, args, precision: str, device: t
     return x
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """build_model's sizes and RandomText's shape (shared with benchmarks/engine_speed.py)."""
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--text-len", type=int, default=16)
+    p.add_argument("--text-dim", type=int, default=384)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,13 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", default="first-block:0.2", help="ditkit's cache in the 'on' row (default %(default)s)")
     p.add_argument("--text", default="random", choices=("random", "minilm"),
                    help="random 16x384 states (default) or ditkit's MiniLM encoder")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--patch", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--text-len", type=int, default=16)
-    p.add_argument("--text-dim", type=int, default=384)
+    add_model_args(p)
     p.add_argument("--rows", default="off,on,bf16 both", help="comma-separated subset of: off, on, bf16 both")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)

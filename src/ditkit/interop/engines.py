@@ -3,8 +3,8 @@ each offers, and opening a graph file in one of them. interop.export (which chec
 export by running it) and interop.runtime (the model stand-in) both build on this.
 
 Precision per engine (ENGINE_PRECISIONS), chosen when a graph is compiled:
-- onnxruntime: fp32; int8 = ONNX Runtime's dynamic quantization of the MatMul/Gemm weights
-  (activations quantized per call, as torch's int8 path does). ONNX Runtime's CPU provider has
+- onnxruntime: fp32; int8 = ONNX Runtime's dynamic quantization of the transformer blocks'
+  MatMul/Gemm weights (activations quantized per call, as torch's int8 path does; see _ort_int8). ONNX Runtime's CPU provider has
   no bf16 kernels for these ops, so bf16 is refused with a pointer to openvino.
 - openvino: fp32 (INFERENCE_PRECISION_HINT f32: OpenVINO would otherwise pick bf16 by itself on
   a CPU that has it); bf16 where the CPU has native bf16, detected as OpenVINO detects it (its
